@@ -1,0 +1,109 @@
+"""Every NATS subject, JetStream stream and durable consumer name skinflint uses.
+
+Subjects carry the contract version (``sf.v1``): a breaking change to a message means a new
+version module and new subjects, so old and new services can run side by side during a rollout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+VERSION_PREFIX = "sf.v1"
+
+#: The stage name of the inference worker; its subject depends on the tier and priority.
+INFER_STAGE = "infer"
+
+
+class Priority(StrEnum):
+    """How urgently a task must be answered; bulk work only fills capacity chat leaves free."""
+
+    INTERACTIVE = "interactive"
+    BULK = "bulk"
+
+
+def infer_subject(tier: str, priority: Priority) -> str:
+    """Subject a worker of ``tier`` takes ``priority`` work from."""
+    return f"{VERSION_PREFIX}.infer.{tier}.{priority.value}"
+
+
+def stage_subject(stage: str) -> str:
+    """Subject of any stage other than inference (cache, classifier, retrieval, ...)."""
+    return f"{VERSION_PREFIX}.stage.{stage}"
+
+
+def reply_subject(instance_id: str, request_id: str) -> str:
+    """Where the stages answer one request handled by ingress instance ``instance_id``."""
+    return f"{VERSION_PREFIX}.reply.{instance_id}.{request_id}"
+
+
+def reply_wildcard(instance_id: str) -> str:
+    """The one subscription an ingress instance needs for all its replies."""
+    return f"{VERSION_PREFIX}.reply.{instance_id}.*"
+
+
+def bulk_result_subject(job_id: str) -> str:
+    """Where the results of one bulk job are stored (a JetStream stream keeps them)."""
+    return f"{VERSION_PREFIX}.bulk.result.{job_id}"
+
+
+#: Usage events, one per finished (or failed) request; consumed by accounting.
+USAGE_SUBJECT = f"{VERSION_PREFIX}.usage"
+#: Workers announce themselves and their free capacity here every heartbeat interval.
+HEARTBEAT_SUBJECT = f"{VERSION_PREFIX}.worker.heartbeat"
+#: Ingress broadcasts here when a client goes away, so the engine stops generating.
+CANCEL_SUBJECT = f"{VERSION_PREFIX}.cancel"
+#: Request/reply: usage totals from accounting.
+USAGE_QUERY_SUBJECT = f"{VERSION_PREFIX}.accounting.usage"
+
+#: Queue groups: members of one group share the subject's messages.
+WORKER_QUEUE_GROUP = "sf-workers"
+ACCOUNTING_QUEUE_GROUP = "sf-accounting"
+
+
+def stage_queue_group(stage: str) -> str:
+    return f"sf-stage-{stage}"
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """A JetStream stream that services create (idempotently) at start-up."""
+
+    name: str
+    subjects: tuple[str, ...]
+    #: "limits" keeps messages until age/size limits; "workqueue" deletes them once acknowledged.
+    retention: str
+    #: Publishes carrying the same Nats-Msg-Id within this window are stored once.
+    duplicate_window_s: float
+    max_age_s: float
+
+
+USAGE_STREAM = StreamSpec(
+    name="SF_USAGE",
+    subjects=(USAGE_SUBJECT,),
+    retention="limits",
+    duplicate_window_s=600.0,
+    max_age_s=7 * 24 * 3600.0,
+)
+BULK_STREAM = StreamSpec(
+    name="SF_BULK",
+    subjects=(f"{VERSION_PREFIX}.infer.*.{Priority.BULK.value}",),
+    retention="workqueue",
+    duplicate_window_s=600.0,
+    max_age_s=7 * 24 * 3600.0,
+)
+BULK_RESULTS_STREAM = StreamSpec(
+    name="SF_BULK_RESULTS",
+    subjects=(f"{VERSION_PREFIX}.bulk.result.>",),
+    retention="limits",
+    duplicate_window_s=600.0,
+    max_age_s=7 * 24 * 3600.0,
+)
+ALL_STREAMS = (USAGE_STREAM, BULK_STREAM, BULK_RESULTS_STREAM)
+
+#: Durable consumers: one name per role, shared by every replica of that role.
+ACCOUNTING_DURABLE = "accounting"
+
+
+def bulk_durable(tier: str) -> str:
+    return f"worker-{tier}-bulk"

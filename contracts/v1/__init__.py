@@ -1,0 +1,38 @@
+"""Version 1 of the wire contracts. Within v1 fields may only be added, optional, with defaults."""
+
+from contracts.v1.chat import ChatMessage, ChatRequest, StreamOptions, WireModel
+from contracts.v1.envelope import Route, StageMark, TaskEnvelope
+from contracts.v1.events import (
+    CancelRequest,
+    HopAck,
+    UsageEvent,
+    UsageQuery,
+    UsageReport,
+    UsageRow,
+    WorkerHeartbeat,
+)
+from contracts.v1.replies import REPLY_ADAPTER, Accepted, Chunk, ErrorReply, Final, Reply, TokenUsage
+
+__all__ = [
+    "REPLY_ADAPTER",
+    "Accepted",
+    "CancelRequest",
+    "ChatMessage",
+    "ChatRequest",
+    "Chunk",
+    "ErrorReply",
+    "Final",
+    "HopAck",
+    "Reply",
+    "Route",
+    "StageMark",
+    "StreamOptions",
+    "TaskEnvelope",
+    "TokenUsage",
+    "UsageEvent",
+    "UsageQuery",
+    "UsageReport",
+    "UsageRow",
+    "WireModel",
+    "WorkerHeartbeat",
+]

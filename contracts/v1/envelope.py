@@ -1,0 +1,51 @@
+"""The task envelope: one request travelling through the stages on its routing slip."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from contracts.subjects import Priority
+from contracts.v1.chat import ChatRequest, WireModel
+
+
+class StageMark(WireModel):
+    """When a stage held the task; wall-clock seconds, for traces and diagnostics."""
+
+    stage: str = Field(description="Stage name, e.g. 'infer'.")
+    instance: str = Field(description="Which replica of the stage handled it.")
+    arrived_at: float = Field(description="Unix time the stage received the envelope.")
+
+
+class Route(WireModel):
+    """Where the task is to be answered; set by ingress, refined later by the classifier."""
+
+    model: str = Field(description="The public model name the client asked for.")
+    tier: str = Field(description="The tier whose workers answer: e.g. 'small'.")
+
+
+class TaskEnvelope(WireModel):
+    """A request on its way through the stages.
+
+    Invariants: ``itinerary[0]`` is the stage that currently holds the task (it is removed as
+    that stage forwards it); an envelope with an empty itinerary has nowhere to go and is answered
+    with an error by whoever holds it. Stages only add enrichments, never rewrite the request.
+    """
+
+    request_id: str = Field(min_length=1, description="Unique id; also the idempotency key of charges.")
+    tenant: str = Field(min_length=1, description="The tenant the API key belongs to.")
+    api_key_id: str = Field(default="", description="Non-secret id of the API key used.")
+    priority: Priority = Field(default=Priority.INTERACTIVE, description="interactive or bulk.")
+    request: ChatRequest = Field(description="The validated chat request.")
+    route: Route = Field(description="Model and tier to answer with.")
+    reply_subject: str = Field(description="Where replies (chunks, final, error) are published.")
+    itinerary: list[str] = Field(description="Stages still to visit, current one first.")
+    deadline_at: float | None = Field(
+        default=None, description="Unix time after which nobody waits for the answer any more."
+    )
+    received_at: float = Field(description="Unix time ingress received the request.")
+    marks: list[StageMark] = Field(default_factory=list, description="Stages visited so far.")
+    enrichments: dict[str, object] = Field(
+        default_factory=dict,
+        description="What stages learned (cache outcome, tier decision, context); keyed by stage.",
+    )
+    job_id: str | None = Field(default=None, description="The bulk job this task belongs to, if any.")

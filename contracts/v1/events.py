@@ -1,0 +1,76 @@
+"""Events and control messages: usage, worker heartbeats, cancellation, hop acknowledgements."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from contracts.subjects import Priority
+from contracts.v1.chat import WireModel
+
+
+class UsageEvent(WireModel):
+    """One finished request, as accounting charges it. ``request_id`` makes charging idempotent."""
+
+    request_id: str = Field(description="Idempotency key: a redelivered event is charged once.")
+    tenant: str = Field(description="Tenant charged.")
+    api_key_id: str = Field(default="", description="Non-secret id of the API key used.")
+    model: str = Field(description="Public model name.")
+    tier: str = Field(description="Tier that answered (the price book is per tier).")
+    priority: Priority = Field(description="interactive or bulk.")
+    status: Literal["ok", "error", "aborted"] = Field(description="How the request ended.")
+    prompt_tokens: int = Field(ge=0, description="Prompt tokens processed.")
+    cached_prompt_tokens: int = Field(default=0, ge=0, description="Prompt tokens from prefix cache.")
+    completion_tokens: int = Field(ge=0, description="Tokens generated.")
+    queue_seconds: float = Field(default=0.0, ge=0.0, description="Wait for a worker slot.")
+    engine_seconds: float = Field(default=0.0, ge=0.0, description="Time inside the engine.")
+    worker: str = Field(default="", description="Replica that served it.")
+    cache_outcome: str = Field(default="none", description="Cache result: none, exact, semantic, miss.")
+    occurred_at: float = Field(description="Unix time the request finished.")
+
+
+class WorkerHeartbeat(WireModel):
+    worker_id: str = Field(description="Unique id of the worker process.")
+    tier: str = Field(description="Tier it serves.")
+    model: str = Field(description="Public model name it serves.")
+    slots: int = Field(ge=1, description="Sequences it runs at once.")
+    inflight_interactive: int = Field(ge=0, description="Interactive requests it holds.")
+    inflight_bulk: int = Field(ge=0, description="Bulk requests it holds.")
+    draining: bool = Field(default=False, description="Shutting down: takes no new work.")
+    sent_at: float = Field(description="Unix time of the heartbeat.")
+    interval_s: float = Field(description="Seconds until the next heartbeat.")
+
+
+class CancelRequest(WireModel):
+    request_id: str = Field(description="Stop working on this request: nobody waits for it.")
+
+
+class HopAck(WireModel):
+    """The answer to a stage hand-off: the next stage has the task (or refuses it)."""
+
+    accepted: bool = Field(description="Whether the stage took the task.")
+    stage: str = Field(description="The stage that answered.")
+    instance: str = Field(description="The replica that answered.")
+    reason: str | None = Field(default=None, description="Why it refused, if it did.")
+    retry: bool = Field(default=False, description="Whether another replica may take it.")
+
+
+class UsageQuery(WireModel):
+    tenant: str | None = Field(default=None, description="Only this tenant; None for all (admin).")
+    since: float | None = Field(default=None, description="Only requests after this Unix time.")
+
+
+class UsageRow(WireModel):
+    tenant: str = Field(description="Tenant.")
+    tier: str = Field(description="Tier.")
+    requests: int = Field(description="Requests charged.")
+    prompt_tokens: int = Field(description="Prompt tokens.")
+    cached_prompt_tokens: int = Field(description="Prompt tokens from prefix cache.")
+    completion_tokens: int = Field(description="Generated tokens.")
+    cost_usd: str = Field(description="Actual cost, decimal string.")
+    reference_cost_usd: str = Field(description="What the reference tier, uncached, would have cost.")
+
+
+class UsageReport(WireModel):
+    rows: list[UsageRow] = Field(description="Totals per tenant and tier.")

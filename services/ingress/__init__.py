@@ -1,0 +1,1 @@
+"""Ingress: OpenAI-compatible HTTP (JSON and SSE) and WebSocket in front of the stages."""

@@ -1,0 +1,144 @@
+"""The ingress's side of the bus: hand tasks to the first stage and collect their replies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from faststream.nats import NatsBroker
+from faststream.nats.annotations import NatsMessage
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+from contracts.subjects import CANCEL_SUBJECT, HEARTBEAT_SUBJECT, reply_wildcard
+from contracts.v1 import REPLY_ADAPTER, Accepted, CancelRequest, Chunk, ErrorReply, Final, TaskEnvelope, WorkerHeartbeat
+from services.shared.errors import SkinflintError, Timeout, Unavailable
+from services.shared.slip import StageHop
+
+log = logging.getLogger(__name__)
+
+
+class WorkerRegistry:
+    """Last heartbeat of every worker seen, to tell a dead worker from a slow one."""
+
+    def __init__(self, liveness_s: float) -> None:
+        self.liveness_s = liveness_s
+        self._seen: dict[str, WorkerHeartbeat] = {}
+        self._seen_at: dict[str, float] = {}
+
+    def record(self, beat: WorkerHeartbeat) -> None:
+        self._seen[beat.worker_id] = beat
+        self._seen_at[beat.worker_id] = time.monotonic()
+
+    def last_seen(self, worker_id: str) -> float | None:
+        return self._seen_at.get(worker_id)
+
+    def live(self) -> list[WorkerHeartbeat]:
+        now = time.monotonic()
+        return [b for w, b in self._seen.items() if now - self._seen_at[w] <= self.liveness_s]
+
+
+@dataclass
+class Inflight:
+    """One request waiting for its replies."""
+
+    env: TaskEnvelope
+    queue: asyncio.Queue[Chunk | Final | ErrorReply] = field(default_factory=asyncio.Queue)
+    holder: str | None = None
+    holder_since: float = 0.0
+
+
+class Dispatcher:
+    """Submits envelopes and yields their replies, failing fast when the holder dies.
+
+    Contract of ``replies``: it yields ``Chunk`` messages (streaming only) and ends with exactly
+    one ``Final``; every failure, including timeouts and dead workers, is raised as a
+    ``SkinflintError`` carrying the HTTP status to answer with.
+    """
+
+    def __init__(self, broker: NatsBroker, instance_id: str, *, hop_timeout_s: float,
+                 liveness_s: float) -> None:
+        self.broker = broker
+        self.instance_id = instance_id
+        self.hop = StageHop(broker, ack_timeout_s=hop_timeout_s)
+        self.workers = WorkerRegistry(liveness_s)
+        self._inflight: dict[str, Inflight] = {}
+        broker.subscriber(reply_wildcard(instance_id), title="replies")(self._on_reply)
+
+    async def connect_raw(self) -> None:
+        """Subscriptions that bypass FastStream (no span per heartbeat); call after broker start."""
+        await self.broker.connection.subscribe(HEARTBEAT_SUBJECT, cb=self._on_heartbeat)
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        try:
+            self.workers.record(WorkerHeartbeat.model_validate_json(msg.data))
+        except ValidationError:
+            log.warning("ignoring a malformed heartbeat")
+
+    async def _on_reply(self, message: NatsMessage) -> None:
+        try:
+            reply = REPLY_ADAPTER.validate_json(message.body)
+        except ValidationError:
+            log.warning("ignoring a malformed reply on %s", message.raw_message.subject)
+            return
+        entry = self._inflight.get(reply.request_id)
+        if entry is None:
+            return  # the client gave up already
+        if isinstance(reply, Accepted):
+            entry.holder, entry.holder_since = reply.instance, time.monotonic()
+        else:
+            entry.queue.put_nowait(reply)
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    async def replies(self, env: TaskEnvelope, timeout_s: float) -> AsyncIterator[Chunk | Final]:
+        entry = Inflight(env)
+        self._inflight[env.request_id] = entry
+        deadline = time.monotonic() + timeout_s
+        finished = False
+        try:
+            # The hop ack only says the first stage has the task; a stage that holds it for long
+            # (inference) names itself with an Accepted reply, and from then on its heartbeats count.
+            await self.hop.send(env)
+            while True:
+                reply = await self._next(entry, deadline, timeout_s)
+                if isinstance(reply, ErrorReply):
+                    finished = True
+                    raise SkinflintError.from_reply(reply)
+                yield reply
+                if isinstance(reply, Final):
+                    finished = True
+                    return
+        finally:
+            self._inflight.pop(env.request_id, None)
+            if not finished:
+                # Client gone, timeout or dead worker: free the engine slot if anyone holds it.
+                with contextlib.suppress(Exception):
+                    await self.broker.publish(CancelRequest(request_id=env.request_id), CANCEL_SUBJECT)
+
+    async def _next(self, entry: Inflight, deadline: float, timeout_s: float) -> Chunk | Final | ErrorReply:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Timeout(f"no answer within {timeout_s:.0f} s; the request was cancelled")
+            try:
+                return await asyncio.wait_for(entry.queue.get(), timeout=min(remaining, 0.5))
+            except TimeoutError:
+                self._check_holder(entry)
+
+    def _check_holder(self, entry: Inflight) -> None:
+        if entry.holder is None:
+            return
+        seen = self.workers.last_seen(entry.holder)
+        last_sign = max(seen or 0.0, entry.holder_since)
+        if time.monotonic() - last_sign > self.workers.liveness_s:
+            raise Unavailable(
+                f"worker {entry.holder} stopped responding while answering; retry the request",
+                code="worker_lost",
+            )

@@ -1,0 +1,98 @@
+"""From a raw request body to a stream of replies: validation, routing, limits, envelope.
+
+Shared by the HTTP and WebSocket front ends so both behave the same.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import ValidationError
+
+from contracts.subjects import Priority, reply_subject
+from contracts.v1 import ChatRequest, Chunk, Final, Route, TaskEnvelope
+from services.ingress.dispatch import Dispatcher
+from services.ingress.settings import IngressSettings
+from services.ingress.tenants import Caller, Gate
+from services.shared.errors import BadRequest, NotFound
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def describe_validation_error(exc: ValidationError) -> BadRequest:
+    """The first problem, naming the field by its dotted path (``messages.0.role``)."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if p not in ("body",))
+    msg = err["msg"].removeprefix("Value error, ")
+    more = f" (and {len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
+    return BadRequest(f"{loc or 'body'}: {msg}{more}", param=loc or None)
+
+
+def parse_chat_request(data: Any) -> ChatRequest:
+    """Validate a decoded JSON body (dict) into a ``ChatRequest`` or raise a 400 naming the field."""
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object")
+    try:
+        return ChatRequest.model_validate(data)
+    except ValidationError as exc:
+        raise describe_validation_error(exc) from exc
+
+
+def decode_json(raw: bytes) -> Any:
+    if not raw.strip():
+        raise BadRequest("the request body is empty; send a JSON chat completion request")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
+
+
+class Gateway:
+    def __init__(self, settings: IngressSettings, gate: Gate, dispatcher: Dispatcher) -> None:
+        self.settings = settings
+        self.gate = gate
+        self.dispatcher = dispatcher
+
+    def route(self, req: ChatRequest) -> Route:
+        model = self.settings.models.get(req.model)
+        if model is None:
+            known = ", ".join(sorted(self.settings.models))
+            raise NotFound(f"the model {req.model!r} does not exist; available: {known}", param="model")
+        return Route(model=req.model, tier=model.tier)
+
+    def envelope(self, caller: Caller, req: ChatRequest, route: Route, request_id: str,
+                 received_at: float) -> TaskEnvelope:
+        return TaskEnvelope(
+            request_id=request_id,
+            tenant=caller.tenant,
+            api_key_id=caller.key_id,
+            priority=Priority.INTERACTIVE,
+            request=req,
+            route=route,
+            reply_subject=reply_subject(self.dispatcher.instance_id, request_id),
+            itinerary=list(self.settings.pipeline),
+            deadline_at=received_at + self.settings.request_timeout_s,
+            received_at=received_at,
+        )
+
+    async def answer(self, caller: Caller, req: ChatRequest, request_id: str,
+                     received_at: float | None = None) -> AsyncIterator[Chunk | Final]:
+        """Admit the request against the caller's limits and yield its replies.
+
+        Raises before yielding anything for errors known up front (404, 429, 503), so a
+        streaming front end can still answer with a proper status code.
+        """
+        route = self.route(req)
+        self.gate.admit(caller)
+        try:
+            env = self.envelope(caller, req, route, request_id, received_at or time.time())
+            async for reply in self.dispatcher.replies(env, self.settings.request_timeout_s):
+                yield reply
+        finally:
+            self.gate.release(caller)

@@ -1,0 +1,243 @@
+"""The OpenAI-compatible HTTP API (FastAPI): chat completions (JSON and SSE), models, usage."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from contracts.subjects import USAGE_QUERY_SUBJECT
+from contracts.v1 import ChatRequest, Chunk, Final, UsageQuery, UsageReport
+from services.ingress import openai_format as fmt
+from services.ingress.gateway import Gateway, decode_json, describe_validation_error, new_request_id, parse_chat_request
+from services.shared.usage_table import render_table
+from services.ingress.ws import websocket_chat
+from services.shared.errors import (
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    SkinflintError,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {"error": {"type": "object", "properties": {
+        "message": {"type": "string"}, "type": {"type": "string"},
+        "param": {"type": ["string", "null"]}, "code": {"type": "string"}}}},
+}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": text, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+    for status, text in [(400, "Bad request (the field is named)"), (401, "Missing or invalid API key"),
+                         (404, "Unknown model"), (413, "Body too large"), (429, "Over a limit"),
+                         (503, "No worker, or all at capacity"), (504, "No answer in time")]
+}
+
+
+class RequestIdMiddleware:
+    """Gives every request an id (``X-Request-Id`` on every response) and a start timestamp."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        request_id = new_request_id()
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["t0"] = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def error_response(err: SkinflintError, request_id: str | None) -> JSONResponse:
+    headers = {"x-request-id": request_id} if request_id else {}
+    retry_after = getattr(err, "retry_after", None)
+    if retry_after is not None:
+        headers["retry-after"] = str(max(1, round(retry_after)))
+    return JSONResponse(fmt.error_body(err), status_code=err.status, headers=headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the request body is {declared} bytes; the limit is {limit} bytes")
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
+    return bytes(body)
+
+
+def create_http_app(gateway: Gateway) -> FastAPI:
+    settings = gateway.settings
+    app = FastAPI(
+        title="skinflint",
+        version="1",
+        description="OpenAI-compatible chat completions that cost less: cache, routing, batching.",
+    )
+    app.add_middleware(RequestIdMiddleware)
+
+    @app.exception_handler(SkinflintError)
+    async def _skinflint_error(request: Request, exc: SkinflintError) -> JSONResponse:
+        return error_response(exc, getattr(request.state, "request_id", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("query", "body", "header"))
+        return error_response(BadRequest(f"{loc}: {err['msg']}", param=loc),
+                              getattr(request.state, "request_id", None))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if exc.status_code == 404 else "http_error"
+        return error_response(
+            SkinflintError(str(exc.detail), status=exc.status_code, code=code),
+            getattr(request.state, "request_id", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        request_id = getattr(request.state, "request_id", None)
+        log.exception("unexpected error on request %s", request_id)
+        return error_response(
+            SkinflintError(f"internal error; it is logged with request id {request_id}"), request_id
+        )
+
+    @app.post(
+        "/v1/chat/completions",
+        summary="Create a chat completion (OpenAI-compatible; SSE when stream is true)",
+        responses=ERROR_RESPONSES,
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/json": {"schema": ChatRequest.model_json_schema(ref_template="#/components/schemas/{model}")}
+        }}},
+    )
+    async def chat_completions(request: Request) -> Any:
+        request_id: str = request.state.request_id
+        caller = gateway.gate.authenticate(request.headers.get("authorization"))
+        req = parse_chat_request(decode_json(await read_body(request, settings.max_body_bytes)))
+        replies = gateway.answer(caller, req, request_id)
+        first = await _first(replies)  # errors up to here become proper status codes
+        created = fmt.now()
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(
+                _sse(request_id, created, req.model, first, replies, include_usage),
+                media_type="text/event-stream",
+                headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+            )
+        final = first
+        while not isinstance(final, Final):
+            final = await anext(replies)
+        total_ms = (time.perf_counter() - request.state.t0) * 1000
+        engine_ms = final.engine_seconds * 1000
+        return JSONResponse(fmt.completion(request_id, created, final), headers={
+            "x-skinflint-engine-ms": f"{engine_ms:.3f}",
+            "x-skinflint-overhead-ms": f"{max(0.0, total_ms - engine_ms):.3f}",
+            "x-skinflint-served-by": final.served_by,
+        })
+
+    @app.get("/v1/models", summary="List the models this deployment answers with")
+    async def list_models(request: Request) -> dict[str, Any]:
+        gateway.gate.authenticate(request.headers.get("authorization"))
+        return {"object": "list", "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": "skinflint",
+             "tier": route.tier, "description": route.description}
+            for name, route in sorted(settings.models.items())
+        ]}
+
+    @app.get("/v1/models/{model}", summary="Describe one model", responses=ERROR_RESPONSES)
+    async def get_model(request: Request, model: str) -> dict[str, Any]:
+        gateway.gate.authenticate(request.headers.get("authorization"))
+        route = settings.models.get(model)
+        if route is None:
+            raise NotFound(f"the model {model!r} does not exist", param="model")
+        return {"id": model, "object": "model", "created": 0, "owned_by": "skinflint", "tier": route.tier}
+
+    @app.get("/v1/usage", summary="Usage and cost per tenant and tier", responses=ERROR_RESPONSES)
+    async def usage(request: Request, since: float | None = None, tenant: str | None = None,
+                    format: str = "json") -> Any:
+        caller = gateway.gate.authenticate(request.headers.get("authorization"))
+        if format not in ("json", "table"):
+            raise BadRequest("format must be 'json' or 'table'", param="format")
+        if tenant is not None and tenant != caller.tenant and not caller.admin:
+            raise SkinflintError("only an admin key may read another tenant's usage", status=403,
+                                 code="forbidden", param="tenant")
+        query = UsageQuery(tenant=tenant if caller.admin else caller.tenant, since=since)
+        try:
+            msg = await gateway.dispatcher.broker.request(query, USAGE_QUERY_SUBJECT, timeout=5.0)
+        except Exception as exc:
+            raise Unavailable("the accounting service did not answer; is it running?") from exc
+        report = UsageReport.model_validate_json(msg.body)
+        if format == "table":
+            return PlainTextResponse(render_table(report))
+        return report.model_dump()
+
+    @app.get("/healthz", summary="Liveness", include_in_schema=True)
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: connected to the bus, with live workers")
+    async def readyz() -> JSONResponse:
+        connected = gateway.dispatcher.broker.connection.is_connected
+        workers = gateway.dispatcher.workers.live()
+        ready = connected and bool(workers)
+        return JSONResponse(
+            {"ready": ready, "bus": connected,
+             "workers": [{"id": w.worker_id, "tier": w.tier, "inflight": w.inflight_interactive + w.inflight_bulk,
+                          "slots": w.slots} for w in workers]},
+            status_code=200 if ready else 503,
+        )
+
+    app.add_api_websocket_route("/v1/ws", websocket_chat(gateway))
+    return app
+
+
+async def _first(replies: AsyncIterator[Chunk | Final]) -> Chunk | Final:
+    try:
+        return await anext(replies)
+    except StopAsyncIteration as exc:  # pragma: no cover - the dispatcher always ends with Final
+        raise Unavailable("the request ended without an answer") from exc
+
+
+async def _sse(request_id: str, created: int, model: str, first: Chunk | Final,
+               replies: AsyncIterator[Chunk | Final], include_usage: bool) -> AsyncIterator[bytes]:
+    yield fmt.sse(fmt.chunk(request_id, created, model, {"role": "assistant", "content": ""}))
+    reply: Chunk | Final = first
+    try:
+        while True:
+            if isinstance(reply, Chunk):
+                yield fmt.sse(fmt.chunk(request_id, created, model, {"content": reply.delta}))
+            else:
+                yield fmt.sse(fmt.chunk(request_id, created, reply.model, {}, reply.finish_reason))
+                if include_usage:
+                    yield fmt.sse(fmt.usage_chunk(request_id, created, reply))
+                break
+            reply = await anext(replies)
+    except SkinflintError as exc:
+        # Headers are gone already: report the error in the stream, as OpenAI does.
+        yield fmt.sse(fmt.error_body(exc))
+    finally:
+        with contextlib.suppress(Exception):
+            await replies.aclose()  # type: ignore[attr-defined]
+    yield fmt.sse("[DONE]")

@@ -1,0 +1,77 @@
+"""The ingress process: broker, dispatcher and the HTTP server, started and drained together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import uvicorn
+
+from contracts.subjects import ALL_STREAMS
+from services.ingress.dispatch import Dispatcher
+from services.ingress.gateway import Gateway
+from services.ingress.http import create_http_app
+from services.ingress.settings import IngressSettings
+from services.ingress.tenants import Gate, TenantsFile
+from services.shared.broker import ensure_streams, make_broker
+from services.shared.settings import load_config_file
+from services.shared.telemetry import setup_tracing
+
+log = logging.getLogger(__name__)
+
+
+class IngressService:
+    name = "ingress"
+
+    def __init__(self, settings: IngressSettings) -> None:
+        self.settings = settings
+        gate = Gate(load_config_file(settings.tenants_file, TenantsFile))
+        provider = setup_tracing(self.name, settings)
+        self.broker = make_broker(self.name, settings, provider)
+        self.dispatcher = Dispatcher(self.broker, settings.instance_id, hop_timeout_s=settings.hop_timeout_s,
+                                     liveness_s=settings.worker_liveness_s)
+        self.gateway = Gateway(settings, gate, self.dispatcher)
+        self.app = create_http_app(self.gateway)
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(self.app, tracer_provider=provider,
+                                           excluded_urls="healthz,readyz")
+        self._server: uvicorn.Server | None = None
+        self._serving: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        assert self._server is not None and self._server.servers
+        return int(self._server.servers[0].sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        await self.broker.start()
+        await ensure_streams(self.broker, ALL_STREAMS)
+        await self.dispatcher.connect_raw()
+        config = uvicorn.Config(self.app, host=self.settings.host, port=self.settings.port,
+                                log_level="warning", access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=self.settings.drain_timeout_s)
+        self._server = uvicorn.Server(config)
+        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._serving = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._serving.done():
+                await self._serving  # re-raise the bind error
+            await asyncio.sleep(0.02)
+        log.info("listening on http://%s:%d (OpenAI base URL: http://%s:%d/v1)", self.settings.host,
+                 self.port, self.settings.host, self.port)
+
+    async def drain(self) -> None:
+        # uvicorn stops accepting, then waits for in-flight requests (whose replies still arrive
+        # over the bus, which stays connected until close).
+        if self._server is not None and self._serving is not None:
+            self._server.should_exit = True
+            await self._serving
+
+    async def close(self) -> None:
+        if self._server is not None and self._serving is not None and not self._serving.done():
+            self._server.force_exit = True
+            self._server.should_exit = True
+            await asyncio.gather(self._serving, return_exceptions=True)
+        await self.broker.stop()

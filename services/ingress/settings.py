@@ -1,0 +1,35 @@
+"""Ingress settings."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.shared.settings import ServiceSettings
+
+
+class ModelRoute(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tier: str = Field(description="Tier whose workers answer this public model name.")
+    description: str = Field(default="", description="Shown in GET /v1/models.")
+
+
+class IngressSettings(ServiceSettings):
+    host: str = Field(default="127.0.0.1", description="HTTP bind address.")
+    port: int = Field(default=8000, ge=0, le=65535, description="HTTP port (0: any free port).")
+    tenants_file: str = Field(default="infra/config/tenants.yaml", description="API keys and limits.")
+    models: dict[str, ModelRoute] = Field(
+        default_factory=lambda: {"smollm2-135m": ModelRoute(tier="small", description="SmolLM2-135M-Instruct")},
+        description="Public model names and the tier that serves each.",
+    )
+    pipeline: list[str] = Field(
+        default_factory=lambda: ["infer"],
+        description="Stages every request visits, in order; switch a stage off by leaving it out.",
+    )
+    request_timeout_s: float = Field(default=120.0, gt=0, description="Longest a client waits (504).")
+    hop_timeout_s: float = Field(default=5.0, gt=0, description="Longest a stage may take to accept.")
+    worker_liveness_s: float = Field(
+        default=3.5, gt=0, description="A worker silent this long is taken for dead (503 to its clients)."
+    )
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body (413).")
+    max_ws_inflight: int = Field(default=16, ge=1, description="Concurrent requests on one WebSocket.")

@@ -1,0 +1,1 @@
+"""What every skinflint service shares: settings base, broker factory, telemetry, runner, errors."""

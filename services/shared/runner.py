@@ -1,0 +1,80 @@
+"""One way to run any service: logging, signals, start, graceful drain on SIGTERM, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import Protocol
+
+from services.shared.settings import ServiceSettings
+
+log = logging.getLogger("skinflint")
+
+
+class Service(Protocol):
+    """A long-running service.
+
+    ``start`` returns once the service takes work. ``drain`` stops taking new work and returns
+    when the work already taken is finished (the runner bounds how long it may take). ``close``
+    releases resources; it is called even when start or drain failed.
+    """
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def configure_logging(service_name: str, level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format=f"%(asctime)s %(levelname)-5s [{service_name}] %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+    # Per-message logs from the framework drown the service's own lines at INFO.
+    for noisy in ("faststream", "faststream.access", "faststream.access.nats", "httpx"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+async def serve(service: Service, drain_timeout_s: float, stop: asyncio.Event | None = None) -> None:
+    """Run ``service`` until SIGTERM/SIGINT (or ``stop``), then drain and close it."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await service.start()
+        log.info("%s is ready", service.name)
+        await stop.wait()
+        # A second signal while draining means "now": restore the default handlers.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        log.info("%s is draining (up to %.0f s)", service.name, drain_timeout_s)
+        try:
+            await asyncio.wait_for(service.drain(), timeout=drain_timeout_s)
+        except TimeoutError:
+            log.warning("%s: drain timed out after %.0f s; stopping anyway", service.name,
+                        drain_timeout_s)
+    finally:
+        await service.close()
+        log.info("%s stopped", service.name)
+
+
+def run(build: Callable[[], Service], settings: ServiceSettings, service_name: str) -> None:
+    """Entry point for ``python -m services.<name>``."""
+    configure_logging(service_name, settings.log_level)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency, this is belt and braces
+        pass
+    asyncio.run(serve(build(), settings.drain_timeout_s))

@@ -1,0 +1,69 @@
+"""Settings base. Every service reads its configuration once, here, and passes it down."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_instance_id() -> str:
+    """Unique per process, readable in logs: host, pid and a short random suffix."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service has. Environment variables use the ``SF_`` prefix."""
+
+    model_config = SettingsConfigDict(env_prefix="SF_", env_nested_delimiter="__", extra="forbid")
+
+    nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server(s), comma separated.")
+    instance_id: str = Field(default_factory=default_instance_id, description="This replica's id.")
+    log_level: str = Field(default="INFO", description="Python log level.")
+    otel_exporter: Literal["none", "console", "otlp"] = Field(
+        default="none", description="Where spans go: nowhere, a file/console, or an OTLP collector."
+    )
+    otel_endpoint: str = Field(
+        default="http://127.0.0.1:4318/v1/traces", description="OTLP/HTTP traces endpoint."
+    )
+    otel_console_path: str | None = Field(
+        default=None, description="With otel_exporter=console: a file for spans (stdout if unset)."
+    )
+    drain_timeout_s: float = Field(
+        default=30.0, gt=0, description="On SIGTERM, how long in-flight work may take to finish."
+    )
+
+
+class ConfigFileError(ValueError):
+    """A human-written config file is wrong; the message names the file and the bad key."""
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_config_file(path: str | Path, model: type[M]) -> M:
+    """Load a YAML config file into ``model`` (which forbids unknown keys).
+
+    Errors name the file and the dotted path of every bad key, so that a typo is found at
+    start-up rather than at the first request.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigFileError(f"{path}: file not found") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigFileError(f"{path}: not valid YAML: {exc}") from exc
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigFileError(f"{path}: {problems}") from exc

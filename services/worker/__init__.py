@@ -1,0 +1,1 @@
+"""Inference worker: one model, one device, continuous batching; interactive before bulk."""

@@ -1,0 +1,14 @@
+"""``python -m services.worker``: run one inference worker."""
+
+from services.shared.runner import run
+from services.worker.service import WorkerService
+from services.worker.settings import WorkerSettings
+
+
+def main() -> None:
+    settings = WorkerSettings()
+    run(lambda: WorkerService(settings), settings, "worker")
+
+
+if __name__ == "__main__":  # vLLM's engine process is spawned: the guard is required
+    main()

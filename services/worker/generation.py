@@ -1,0 +1,160 @@
+"""Answering one task with the engine: plain logic, no bus code.
+
+``answer`` turns an envelope into replies (chunks when streaming, then a final answer or an
+error) and exactly one usage event, whatever happens: finished, failed or aborted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from contracts.subjects import Priority
+from contracts.v1 import (
+    Chunk,
+    ErrorReply,
+    Final,
+    TaskEnvelope,
+    TokenUsage,
+    UsageEvent,
+)
+from services.shared.errors import BadRequest, SkinflintError
+from services.worker.engine import Engine, EngineStep, GenerationParams
+
+log = logging.getLogger(__name__)
+
+#: vLLM serves a lower value first.
+ENGINE_PRIORITY = {Priority.INTERACTIVE: 0, Priority.BULK: 10}
+
+
+class ReplySink(Protocol):
+    """Where the logic's output goes; the bus adapter implements it."""
+
+    async def reply(self, env: TaskEnvelope, message: Chunk | Final | ErrorReply) -> None: ...
+
+    async def usage(self, event: UsageEvent) -> None: ...
+
+
+@dataclass(frozen=True)
+class WorkerIdentity:
+    worker_id: str
+    tier: str
+    model_name: str
+    default_max_tokens: int
+
+
+def plan(env: TaskEnvelope, engine: Engine, who: WorkerIdentity) -> tuple[list[int], GenerationParams]:
+    """Render the prompt and decide the sampling parameters; reject what cannot fit."""
+    req = env.request
+    prompt = engine.render(req.messages)
+    room = engine.max_model_len - len(prompt)
+    if room < 1:
+        raise BadRequest(
+            f"the conversation is {len(prompt)} tokens; this model takes at most "
+            f"{engine.max_model_len} tokens of prompt and answer together. Shorten the messages.",
+            param="messages", code="context_length_exceeded",
+        )
+    wanted = req.token_limit
+    if wanted is not None and wanted > room:
+        raise BadRequest(
+            f"max_tokens is {wanted}, but only {room} tokens are left after the "
+            f"{len(prompt)}-token prompt (context length {engine.max_model_len})",
+            param="max_tokens", code="context_length_exceeded",
+        )
+    params = GenerationParams(
+        max_tokens=wanted if wanted is not None else min(who.default_max_tokens, room),
+        temperature=req.temperature,
+        top_p=req.top_p,
+        stop=req.stop_list,
+        seed=req.seed,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+    )
+    return prompt, params
+
+
+def _usage(env: TaskEnvelope, who: WorkerIdentity, status: str, last: EngineStep | None,
+           prompt_tokens: int, queue_s: float, engine_s: float) -> UsageEvent:
+    return UsageEvent(
+        request_id=env.request_id,
+        tenant=env.tenant,
+        api_key_id=env.api_key_id,
+        model=who.model_name,
+        tier=who.tier,
+        priority=env.priority,
+        status=status,  # type: ignore[arg-type]
+        prompt_tokens=last.prompt_tokens if last else prompt_tokens,
+        cached_prompt_tokens=last.cached_prompt_tokens if last else 0,
+        completion_tokens=last.completion_tokens if last else 0,
+        queue_seconds=queue_s,
+        engine_seconds=engine_s,
+        worker=who.worker_id,
+        occurred_at=time.time(),
+    )
+
+
+async def answer(env: TaskEnvelope, engine: Engine, sink: ReplySink, who: WorkerIdentity,
+                 queue_seconds: float = 0.0) -> Final | ErrorReply:
+    """Generate the answer to ``env`` and report it. Returns what was sent as the last reply.
+
+    Cancellation (client gone, worker draining past its deadline) aborts the engine request,
+    still reports the tokens spent as an ``aborted`` usage event, and re-raises.
+    """
+    try:
+        prompt, params = plan(env, engine, who)
+    except SkinflintError as exc:
+        error = exc.to_reply(env.request_id)
+        await sink.reply(env, error)
+        return error
+
+    started = time.monotonic()
+    last: EngineStep | None = None
+    parts: list[str] = []
+    seq = 0
+    status = "error"
+    try:
+        async for step in engine.stream(env.request_id, prompt, params, ENGINE_PRIORITY[env.priority]):
+            last = step
+            if step.delta:
+                parts.append(step.delta)
+                if env.request.stream:
+                    await sink.reply(env, Chunk(request_id=env.request_id, seq=seq, delta=step.delta))
+                    seq += 1
+        status = "ok"
+    except asyncio.CancelledError:
+        status = "aborted"
+        await engine.abort(env.request_id)
+        raise
+    except Exception:
+        log.exception("engine failed on request %s", env.request_id)
+        error = ErrorReply(request_id=env.request_id, status=500, code="engine_error",
+                           message="the model failed while answering; the error is logged with "
+                                   f"request id {env.request_id}")
+        await sink.reply(env, error)
+        return error
+    finally:
+        engine_seconds = time.monotonic() - started
+        event = _usage(env, who, status, last, len(prompt), queue_seconds, engine_seconds)
+        # The usage event must go out even when the task is being cancelled.
+        await asyncio.shield(sink.usage(event))
+
+    final = Final(
+        request_id=env.request_id,
+        text="".join(parts),
+        finish_reason="length" if last is not None and last.finish_reason == "length" else "stop",
+        usage=TokenUsage(
+            prompt_tokens=event.prompt_tokens,
+            cached_prompt_tokens=event.cached_prompt_tokens,
+            completion_tokens=event.completion_tokens,
+        ),
+        model=who.model_name,
+        tier=who.tier,
+        served_by=who.worker_id,
+        queue_seconds=queue_seconds,
+        engine_seconds=engine_seconds,
+    )
+    await sink.reply(env, final)
+    return final

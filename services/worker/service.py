@@ -1,0 +1,280 @@
+"""The worker on the bus: interactive tasks over core NATS, bulk tasks pulled from JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from faststream.nats import NatsBroker
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
+from opentelemetry import trace
+from pydantic import ValidationError
+
+from contracts.subjects import (
+    BULK_RESULTS_STREAM,
+    BULK_STREAM,
+    CANCEL_SUBJECT,
+    HEARTBEAT_SUBJECT,
+    INFER_STAGE,
+    USAGE_STREAM,
+    USAGE_SUBJECT,
+    WORKER_QUEUE_GROUP,
+    Priority,
+    bulk_durable,
+    infer_subject,
+)
+from contracts.v1 import (
+    Accepted,
+    CancelRequest,
+    Chunk,
+    ErrorReply,
+    Final,
+    HopAck,
+    TaskEnvelope,
+    UsageEvent,
+    WorkerHeartbeat,
+)
+from services.shared.broker import ensure_streams, make_broker
+from services.shared.slip import mark_arrival
+from services.shared.telemetry import setup_tracing
+from services.worker.capacity import Capacity
+from services.worker.engine import Engine
+from services.worker.generation import WorkerIdentity, answer
+from services.worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+
+
+class BusSink:
+    """Replies and usage events onto the bus. Bulk results and usage go to JetStream with a
+    message id, so a redelivered task that is answered twice is stored and charged once."""
+
+    def __init__(self, broker: NatsBroker) -> None:
+        self._broker = broker
+
+    async def reply(self, env: TaskEnvelope, message: Chunk | Final | ErrorReply) -> None:
+        if env.priority is Priority.BULK:
+            if isinstance(message, Chunk):
+                return  # bulk results are stored whole
+            await self._broker.publish(
+                message, env.reply_subject, stream=BULK_RESULTS_STREAM.name,
+                headers={"Nats-Msg-Id": f"result-{env.request_id}"},
+            )
+        else:
+            await self._broker.publish(message, env.reply_subject)
+
+    async def usage(self, event: UsageEvent) -> None:
+        await self._broker.publish(
+            event, USAGE_SUBJECT, stream=USAGE_STREAM.name,
+            headers={"Nats-Msg-Id": f"usage-{event.request_id}"},
+        )
+
+
+class WorkerService:
+    """One model on one device. See ``Capacity`` for what it admits."""
+
+    name = "worker"
+
+    def __init__(self, settings: WorkerSettings,
+                 engine_factory: Callable[[WorkerSettings], Engine] | None = None) -> None:
+        self.settings = settings
+        self._engine_factory = engine_factory
+        self.engine: Engine | None = None
+        provider = setup_tracing(self.name, settings)
+        self.broker = make_broker(self.name, settings, provider)
+        self.sink = BusSink(self.broker)
+        self.capacity = Capacity(settings.max_num_seqs, settings.max_waiting, settings.interactive_reserve)
+        self.identity = WorkerIdentity(settings.instance_id, settings.tier, settings.model_name,
+                                       settings.default_max_tokens)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._draining = False
+        self._freed = asyncio.Event()
+        self._background: list[asyncio.Task[None]] = []
+        self._interactive = self.broker.subscriber(
+            infer_subject(settings.tier, Priority.INTERACTIVE), queue=WORKER_QUEUE_GROUP,
+            title="infer-interactive",
+            description="Interactive tasks for this tier; the reply is a HopAck.",
+        )
+        self._interactive(self.on_task)
+        self.broker.subscriber(CANCEL_SUBJECT, title="cancel")(self.on_cancel)
+
+    # --- handlers -------------------------------------------------------------------------
+    async def on_task(self, env: TaskEnvelope) -> HopAck:
+        """Take an interactive task if there is room; the generation runs in the background."""
+        if self._draining or self.engine is None or not self.capacity.can_admit_interactive():
+            reason = "draining" if self._draining else "at capacity"
+            return HopAck(accepted=False, stage=INFER_STAGE, instance=self.identity.worker_id,
+                          reason=reason, retry=True)
+        self._start(env, Priority.INTERACTIVE, queued_at=time.monotonic())
+        return HopAck(accepted=True, stage=INFER_STAGE, instance=self.identity.worker_id)
+
+    async def on_cancel(self, msg: CancelRequest) -> None:
+        task = self._tasks.get(msg.request_id)
+        if task is not None:
+            log.info("cancelling %s: the client went away", msg.request_id)
+            task.cancel()
+
+    # --- task lifecycle -------------------------------------------------------------------
+    def _start(self, env: TaskEnvelope, priority: Priority, queued_at: float,
+               on_done: Callable[[bool], object] | None = None) -> None:
+        self.capacity.take(priority)
+        mark_arrival(env, INFER_STAGE, self.identity.worker_id)
+        task = asyncio.create_task(self._run(env, queued_at, on_done), name=f"task-{env.request_id}")
+        self._tasks[env.request_id] = task
+
+        def _finished(_: asyncio.Task[None]) -> None:
+            self._tasks.pop(env.request_id, None)
+            self.capacity.release(priority)
+            self._freed.set()
+
+        task.add_done_callback(_finished)
+
+    async def _run(self, env: TaskEnvelope, queued_at: float,
+                   on_done: Callable[[bool], object] | None) -> None:
+        assert self.engine is not None
+        ok = False
+        try:
+            if env.priority is Priority.INTERACTIVE:
+                await self.broker.publish(
+                    Accepted(request_id=env.request_id, stage=INFER_STAGE,
+                             instance=self.identity.worker_id),
+                    env.reply_subject,
+                )
+            await answer(env, self.engine, self.sink, self.identity,
+                         queue_seconds=time.monotonic() - queued_at)
+            ok = True
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("request %s failed outside the engine", env.request_id)
+        finally:
+            if on_done is not None:
+                result = on_done(ok)
+                if asyncio.iscoroutine(result):
+                    await asyncio.shield(result)
+
+    # --- bulk -----------------------------------------------------------------------------
+    async def _bulk_loop(self) -> None:
+        """Pull bulk tasks only into free slots (minus the interactive reserve)."""
+        s = self.settings
+        js = self.broker.connection.jetstream()
+        psub = await js.pull_subscribe(
+            infer_subject(s.tier, Priority.BULK),
+            durable=bulk_durable(s.tier),
+            stream=BULK_STREAM.name,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=s.bulk_ack_wait_s,
+                                  max_deliver=s.bulk_max_deliveries, max_ack_pending=10_000),
+        )
+        while not self._draining:
+            room = self.capacity.bulk_room()
+            if room == 0:
+                self._freed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._freed.wait(), timeout=1.0)
+                continue
+            try:
+                msgs = await psub.fetch(room, timeout=1.0)
+            except TimeoutError:
+                continue
+            except Exception:
+                if self._draining:
+                    break
+                log.exception("bulk fetch failed; retrying")
+                await asyncio.sleep(1.0)
+                continue
+            for msg in msgs:
+                await self._take_bulk(msg)
+        with contextlib.suppress(Exception):
+            await psub.unsubscribe()
+
+    async def _take_bulk(self, msg: Msg) -> None:
+        try:
+            env = TaskEnvelope.model_validate_json(msg.data)
+        except ValidationError as exc:
+            log.error("dropping a malformed bulk task: %s", exc.errors()[:3])
+            await msg.term()
+            return
+        if env.priority is not Priority.BULK:
+            env = env.model_copy(update={"priority": Priority.BULK})
+        keepalive = asyncio.create_task(self._keep_in_progress(msg))
+
+        async def done(ok: bool) -> None:
+            keepalive.cancel()
+            # Acknowledge only once the result is stored; otherwise let another worker retry.
+            if ok:
+                await msg.ack()
+            else:
+                await msg.nak(delay=2.0)
+
+        self._start(env, Priority.BULK, queued_at=time.monotonic(), on_done=done)
+
+    async def _keep_in_progress(self, msg: Msg) -> None:
+        while True:
+            await asyncio.sleep(self.settings.bulk_ack_wait_s / 3)
+            await msg.in_progress()
+
+    # --- heartbeats -----------------------------------------------------------------------
+    def heartbeat(self) -> WorkerHeartbeat:
+        return WorkerHeartbeat(
+            worker_id=self.identity.worker_id, tier=self.settings.tier, model=self.settings.model_name,
+            slots=self.capacity.slots, inflight_interactive=self.capacity.interactive,
+            inflight_bulk=self.capacity.bulk, draining=self._draining, sent_at=time.time(),
+            interval_s=self.settings.heartbeat_interval_s,
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        # Raw publish: a span per heartbeat would bury the request traces.
+        while True:
+            try:
+                await self.broker.connection.publish(
+                    HEARTBEAT_SUBJECT, self.heartbeat().model_dump_json().encode()
+                )
+            except Exception:
+                log.warning("heartbeat not sent (bus unavailable?)")
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+
+    # --- Service --------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._engine_factory is not None:
+            self.engine = self._engine_factory(self.settings)
+        else:
+            from services.worker.engine import VllmEngine
+
+            log.info("loading %s from %s", self.settings.model_name, self.settings.model_path)
+            self.engine = VllmEngine(self.settings)
+        await self.broker.start()
+        await ensure_streams(self.broker, (USAGE_STREAM, BULK_STREAM, BULK_RESULTS_STREAM))
+        self._background.append(asyncio.create_task(self._heartbeat_loop()))
+        if self.settings.bulk_enabled:
+            self._background.append(asyncio.create_task(self._bulk_loop()))
+        log.info("serving tier %r as %s (%d slots)", self.settings.tier, self.identity.worker_id,
+                 self.capacity.slots)
+
+    async def drain(self) -> None:
+        self._draining = True
+        await self._interactive.stop()
+        with contextlib.suppress(Exception):
+            await self.broker.connection.publish(
+                HEARTBEAT_SUBJECT, self.heartbeat().model_dump_json().encode()
+            )
+        if self._tasks:
+            log.info("waiting for %d requests to finish", len(self._tasks))
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def close(self) -> None:
+        self._draining = True
+        for task in list(self._tasks.values()):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.broker.stop()
+        if self.engine is not None:
+            await self.engine.close()

@@ -1,0 +1,40 @@
+"""Worker settings (environment: ``SF_WORKER_...`` is not used; all share the ``SF_`` prefix)."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from services.shared.settings import ServiceSettings
+
+
+class WorkerSettings(ServiceSettings):
+    model_path: str = Field(default=".models/SmolLM2-135M-Instruct", description="Model folder for vLLM.")
+    model_name: str = Field(default="smollm2-135m", description="Public model name it answers as.")
+    tier: str = Field(default="small", description="Tier whose subjects it serves.")
+    device: str | None = Field(
+        default=None, description="Pin to this GPU (sets CUDA_VISIBLE_DEVICES before the engine loads)."
+    )
+    max_num_seqs: int = Field(default=32, ge=1, description="Sequences the engine runs at once (slots).")
+    max_waiting: int = Field(
+        default=32, ge=0,
+        description="Interactive requests accepted beyond the slots; they wait in vLLM's priority queue.",
+    )
+    interactive_reserve: int = Field(
+        default=4, ge=0, description="Slots bulk work never takes, so a chat burst starts at once."
+    )
+    max_model_len: int = Field(default=2048, ge=64, description="Context length (prompt + answer).")
+    default_max_tokens: int = Field(default=512, ge=1, description="Answer length when a request sets none.")
+    kv_cache_gib: float = Field(default=2.0, gt=0, description="KV cache size (CPU build: RAM).")
+    gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1.0, description="vLLM memory fraction.")
+    enforce_eager: bool = Field(default=True, description="Skip graph compilation (faster start on CPU).")
+    dtype: str = Field(default="auto", description="Model dtype for vLLM.")
+    heartbeat_interval_s: float = Field(default=1.0, gt=0, description="Seconds between heartbeats.")
+    bulk_enabled: bool = Field(default=True, description="Whether this worker takes bulk work.")
+    bulk_ack_wait_s: float = Field(default=60.0, gt=1, description="Redeliver bulk work unacked this long.")
+    bulk_max_deliveries: int = Field(default=5, ge=1, description="Attempts before a bulk item is dropped.")
+
+    @model_validator(mode="after")
+    def _reserve_fits(self) -> WorkerSettings:
+        if self.interactive_reserve >= self.max_num_seqs:
+            raise ValueError("interactive_reserve must be smaller than max_num_seqs, or bulk never runs")
+        return self
