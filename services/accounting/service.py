@@ -1,0 +1,164 @@
+"""Accounting on the bus: usage events pulled from JetStream into the ledger; totals on request.
+
+Every replica binds to the same durable pull consumer, so replicas share the events between
+them, and each event is acknowledged only once its row is committed: a replica that dies
+mid-write loses nothing, and the redelivered event is absorbed by the ledger's idempotency.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from faststream.middlewares import AckPolicy
+from faststream.nats import JStream, PullSub
+from faststream.nats.annotations import NatsMessage
+from nats.js.api import AckPolicy as JsAckPolicy
+from nats.js.api import ConsumerConfig
+from pydantic import ValidationError
+from sqlalchemy.exc import DataError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts.subjects import (
+    ACCOUNTING_DURABLE,
+    ACCOUNTING_QUEUE_GROUP,
+    USAGE_QUERY_SUBJECT,
+    USAGE_STREAM,
+    USAGE_SUBJECT,
+)
+from contracts.v1 import UsageEvent, UsageQuery, UsageReport
+from services.accounting.ledger import Ledger, UnstorableUsage, make_engine
+from services.accounting.pricing import UNPRICED, Charge, PriceBook, UnknownTier
+from services.accounting.settings import AccountingSettings
+from services.shared.broker import ensure_streams, make_broker
+from services.shared.settings import load_config_file
+from services.shared.telemetry import setup_tracing
+
+log = logging.getLogger(__name__)
+
+
+def consumer_config(settings: AccountingSettings) -> ConsumerConfig:
+    """The durable consumer every replica binds to (created by whichever replica comes first)."""
+    return ConsumerConfig(
+        ack_policy=JsAckPolicy.EXPLICIT,
+        ack_wait=settings.ack_wait_s,
+        max_deliver=settings.max_deliveries,
+        max_ack_pending=settings.max_ack_pending,
+    )
+
+
+def retry_delay(settings: AccountingSettings, deliveries: int) -> float:
+    """Redelivery delay after ``deliveries`` failed attempts: doubling, capped."""
+    exponent = min(max(deliveries - 1, 0), 30)
+    return min(settings.retry_backoff_s * 2**exponent, settings.retry_backoff_max_s)
+
+
+class AccountingService:
+    """Prices usage events, records them in the ledger, and answers usage queries."""
+
+    name = "accounting"
+
+    def __init__(self, settings: AccountingSettings, pricebook: PriceBook | None = None) -> None:
+        self.settings = settings
+        # Validated here, before anything connects: a typo in the price book stops start-up.
+        self.pricebook = pricebook or load_config_file(settings.pricebook_file, PriceBook)
+        self.engine: AsyncEngine | None = None
+        self.ledger: Ledger | None = None
+        self.broker = make_broker(self.name, settings, setup_tracing(self.name, settings))
+        self._usage = self.broker.subscriber(
+            USAGE_SUBJECT,
+            # declare=False: ensure_streams owns the stream's configuration (its dedup window);
+            # FastStream's own declaration would overwrite it with defaults.
+            stream=JStream(USAGE_STREAM.name, declare=False),
+            durable=ACCOUNTING_DURABLE,
+            config=consumer_config(settings),
+            pull_sub=PullSub(batch_size=settings.consumer_batch_size, timeout=settings.fetch_timeout_s),
+            # Acknowledgement depends on what went wrong (see on_usage), so it is done by hand.
+            ack_policy=AckPolicy.MANUAL,
+            no_reply=True,
+            title="usage-events",
+            description="UsageEvent messages (JSON), one per finished request; charged once each.",
+        )
+        self._usage(self.on_usage)
+        self._query = self.broker.subscriber(
+            USAGE_QUERY_SUBJECT, queue=ACCOUNTING_QUEUE_GROUP, title="usage-query",
+            description="Request/reply: a UsageQuery answered with a UsageReport.",
+        )
+        self._query(self.on_query)
+
+    # --- handlers -------------------------------------------------------------------------
+    async def on_usage(self, msg: NatsMessage) -> None:
+        """Charge one usage event: ack once committed, nack on a database failure (redelivered
+        with backoff), reject a message that can never be stored (poison).
+
+        The body is parsed here rather than by FastStream: a typed argument would fail before
+        this handler runs, and with manual acks nothing would then reject the poison message.
+        """
+        try:
+            usage = UsageEvent.model_validate_json(msg.body)
+        except ValidationError as exc:
+            log.error("rejecting a malformed usage event (stream seq %s): %s",
+                      _stream_seq(msg), _summary(exc))
+            await msg.reject()
+            return
+        assert self.ledger is not None, "on_usage runs only after start()"
+        try:
+            new = await self.ledger.record(usage, self.charge(usage))
+        except (UnstorableUsage, DataError) as exc:
+            log.error("rejecting usage event %s: the ledger cannot store it: %s", usage.request_id, exc)
+            await msg.reject()
+            return
+        except (SQLAlchemyError, OSError) as exc:
+            delay = retry_delay(self.settings, _deliveries(msg))
+            log.warning("ledger write of %s failed (%s); redelivery in %.1f s", usage.request_id,
+                        exc.__class__.__name__, delay)
+            await msg.nack(delay=delay)
+            return
+        await msg.ack()
+        if not new:
+            log.debug("usage event %s was already recorded", usage.request_id)
+
+    async def on_query(self, query: UsageQuery) -> UsageReport:
+        assert self.ledger is not None, "on_query runs only after start()"
+        return await self.ledger.totals(query)
+
+    def charge(self, usage: UsageEvent) -> Charge:
+        """Price ``usage``; an unpriceable one is still recorded (cost 0, flagged), never dropped."""
+        try:
+            return self.pricebook.price(usage)
+        except UnknownTier as exc:
+            log.error("request %s recorded unpriced: %s", usage.request_id, exc)
+            return UNPRICED
+
+    # --- Service --------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.engine = make_engine(self.settings.database_url)
+        self.ledger = Ledger(self.engine)
+        await self.ledger.create_schema()
+        # The stream must exist before the subscriber binds its durable consumer to it.
+        await self.broker.connect()
+        await ensure_streams(self.broker, (USAGE_STREAM,))
+        await self.broker.start()
+        log.info("charging usage from %s into %s", USAGE_STREAM.name, self.engine.url.render_as_string())
+
+    async def drain(self) -> None:
+        # Stop pulling; the events already pulled finish (FastStream waits for them up to the
+        # broker's graceful timeout). Queries are still answered until close.
+        await self._usage.stop()
+
+    async def close(self) -> None:
+        await self.broker.stop()
+        if self.engine is not None:
+            await self.engine.dispose()
+
+
+def _stream_seq(msg: NatsMessage) -> int:
+    return int(msg.raw_message.metadata.sequence.stream)
+
+
+def _deliveries(msg: NatsMessage) -> int:
+    return int(msg.raw_message.metadata.num_delivered)
+
+
+def _summary(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False, include_input=False)
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<body>'}: {e['msg']}" for e in errors[:5])

@@ -1,0 +1,28 @@
+"""``python -m tests.support.fake_worker``: the real worker service with the fake engine.
+
+Integration tests run it as a process so they can kill it (SIGKILL) or stop it (SIGTERM) the
+way an operator would. ``SF_FAKE_SECONDS_PER_TOKEN`` sets the pace.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from services.shared.runner import run
+from services.worker.service import WorkerService
+from services.worker.settings import WorkerSettings
+from tests.support.fakes import FakeEngine
+
+
+class FakeWorkerSettings(WorkerSettings):
+    fake_seconds_per_token: float = Field(default=0.05, ge=0)
+
+
+def main() -> None:
+    settings = FakeWorkerSettings()
+    run(lambda: WorkerService(settings, lambda s: FakeEngine(seconds_per_token=settings.fake_seconds_per_token)),
+        settings, "worker")
+
+
+if __name__ == "__main__":
+    main()

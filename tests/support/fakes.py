@@ -1,0 +1,52 @@
+"""A deterministic stand-in for vLLM, for unit, component and integration tests.
+
+It "tokenizes" by words and answers by echoing a fixed reply word by word, at a configurable
+pace, so tests can hold a request in flight long enough to kill or drain a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+from contracts.v1 import ChatMessage
+from services.worker.engine import EngineStep, GenerationParams
+
+REPLY = "Paris is the capital of France and its largest city by far today".split()
+
+
+class FakeEngine:
+    def __init__(self, max_model_len: int = 256, seconds_per_token: float = 0.0,
+                 fail_after: int | None = None) -> None:
+        self.max_model_len = max_model_len
+        self.seconds_per_token = seconds_per_token
+        self.fail_after = fail_after
+        self.aborted: list[str] = []
+        self.priorities: list[int] = []
+        self.closed = False
+
+    def render(self, messages: Sequence[ChatMessage]) -> list[int]:
+        words = [w for m in messages for w in f"<{m.role}> {m.content}".split()]
+        return [hash(w) % 50_000 for w in words] + [0]
+
+    async def stream(self, request_id: str, prompt: list[int], params: GenerationParams,
+                     priority: int) -> AsyncIterator[EngineStep]:
+        self.priorities.append(priority)
+        n = min(params.max_tokens, len(REPLY))
+        for i in range(n):
+            if self.fail_after is not None and i >= self.fail_after:
+                raise RuntimeError("fake engine failure")
+            if self.seconds_per_token:
+                await asyncio.sleep(self.seconds_per_token)
+            last = i == n - 1
+            yield EngineStep(
+                delta=("" if i == 0 else " ") + REPLY[i], finished=last,
+                finish_reason=("length" if n < len(REPLY) else "stop") if last else None,
+                prompt_tokens=len(prompt), cached_prompt_tokens=0, completion_tokens=i + 1,
+            )
+
+    async def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+
+    async def close(self) -> None:
+        self.closed = True

@@ -1,0 +1,93 @@
+"""The worker's answering logic, with the fake engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from contracts.subjects import Priority
+from contracts.v1 import Chunk, ErrorReply, Final, TaskEnvelope, UsageEvent
+from services.worker.generation import ENGINE_PRIORITY, WorkerIdentity, answer
+from tests.support.fakes import REPLY, FakeEngine
+
+pytestmark = pytest.mark.unit
+WHO = WorkerIdentity("w1", "small", "smollm2-135m", default_max_tokens=64)
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.replies: list[Chunk | Final | ErrorReply] = []
+        self.usages: list[UsageEvent] = []
+
+    async def reply(self, env: TaskEnvelope, message: Chunk | Final | ErrorReply) -> None:
+        self.replies.append(message)
+
+    async def usage(self, event: UsageEvent) -> None:
+        self.usages.append(event)
+
+
+def envelope(**request: object) -> TaskEnvelope:
+    raw = json.loads((Path(__file__).resolve().parent.parent / "examples/v1/task_envelope.json").read_text())
+    raw["request"].update(request)
+    return TaskEnvelope.model_validate(raw)
+
+
+async def test_streaming_answer_sends_chunks_then_final_and_one_usage_event() -> None:
+    sink, engine = ListSink(), FakeEngine()
+    final = await answer(envelope(stream=True, max_tokens=4), engine, sink, WHO)
+    assert isinstance(final, Final)
+    chunks = [r for r in sink.replies if isinstance(r, Chunk)]
+    assert [c.seq for c in chunks] == [0, 1, 2, 3]
+    assert "".join(c.delta for c in chunks) == final.text == " ".join(REPLY[:4])
+    assert final.finish_reason == "length"
+    assert sink.replies[-1] is final
+    [usage] = sink.usages
+    assert (usage.status, usage.completion_tokens, usage.prompt_tokens) == ("ok", 4, final.usage.prompt_tokens)
+
+
+async def test_non_streaming_sends_only_the_final() -> None:
+    sink = ListSink()
+    await answer(envelope(stream=False, max_tokens=3), FakeEngine(), sink, WHO)
+    assert [type(r) for r in sink.replies] == [Final]
+
+
+async def test_context_overflow_is_a_400_naming_max_tokens_and_charges_nothing() -> None:
+    sink = ListSink()
+    result = await answer(envelope(max_tokens=10_000), FakeEngine(max_model_len=64), sink, WHO)
+    assert isinstance(result, ErrorReply)
+    assert (result.status, result.param, result.code) == (400, "max_tokens", "context_length_exceeded")
+    assert sink.usages == []
+
+
+async def test_engine_failure_is_a_500_and_still_reports_usage() -> None:
+    sink = ListSink()
+    result = await answer(envelope(max_tokens=8), FakeEngine(fail_after=2), sink, WHO)
+    assert isinstance(result, ErrorReply) and result.status == 500
+    assert [u.status for u in sink.usages] == ["error"]
+    assert sink.usages[0].completion_tokens == 2
+
+
+async def test_cancellation_aborts_the_engine_and_records_tokens_spent() -> None:
+    sink, engine = ListSink(), FakeEngine(seconds_per_token=0.05)
+    env = envelope(max_tokens=12, stream=True)
+    task = asyncio.create_task(answer(env, engine, sink, WHO))
+    while len(sink.replies) < 2:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert engine.aborted == [env.request_id]
+    [usage] = sink.usages
+    assert usage.status == "aborted" and usage.completion_tokens >= 2
+
+
+async def test_bulk_runs_behind_interactive_in_the_engine() -> None:
+    engine = FakeEngine()
+    await answer(envelope(max_tokens=1), engine, ListSink(), WHO)
+    bulk = envelope(max_tokens=1).model_copy(update={"priority": Priority.BULK})
+    await answer(bulk, engine, ListSink(), WHO)
+    assert engine.priorities == [ENGINE_PRIORITY[Priority.INTERACTIVE], ENGINE_PRIORITY[Priority.BULK]]
+    assert ENGINE_PRIORITY[Priority.INTERACTIVE] < ENGINE_PRIORITY[Priority.BULK]
