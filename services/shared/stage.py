@@ -1,0 +1,91 @@
+"""A stage on the routing slip: take the task, do the work, forward it or answer.
+
+Stage services (cache, classifier, retrieval) register their plain logic with
+``register_stage``; the hand-off protocol lives here once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from faststream.nats import NatsBroker
+
+from contracts.subjects import stage_queue_group, stage_subject
+from contracts.v1 import ErrorReply, Final, HopAck, TaskEnvelope
+from services.shared.errors import SkinflintError
+from services.shared.slip import StageHop, advance, current_stage, mark_arrival
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Continue along the slip with this envelope (enriched, maybe with stages added/skipped)."""
+
+    env: TaskEnvelope
+
+
+@dataclass(frozen=True)
+class Finish:
+    """Answer now (a cache hit, a direct answer from the knowledge base, a refusal)."""
+
+    reply: Final | ErrorReply
+
+
+StageLogic = Callable[[TaskEnvelope], Awaitable[Forward | Finish]]
+
+
+class StageRunner:
+    """Runs ``logic`` for every task the stage receives.
+
+    The hop is acknowledged at once; the work then runs in the background, so a slow stage never
+    holds up the sender. Whatever happens, the task ends in exactly one of: forwarded to the next
+    stage, a reply on its reply subject.
+    """
+
+    def __init__(self, broker: NatsBroker, name: str, instance_id: str, logic: StageLogic,
+                 hop: StageHop | None = None) -> None:
+        self.name = name
+        self.instance_id = instance_id
+        self._broker = broker
+        self._logic = logic
+        self._hop = hop or StageHop(broker)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.subscriber = broker.subscriber(stage_subject(name), queue=stage_queue_group(name), title=name)
+        self.subscriber(self.on_task)
+
+    async def on_task(self, env: TaskEnvelope) -> HopAck:
+        if current_stage(env) != self.name:
+            return HopAck(accepted=False, stage=self.name, instance=self.instance_id, retry=False,
+                          reason=f"task is for stage {current_stage(env)!r}, not {self.name!r}")
+        mark_arrival(env, self.name, self.instance_id)
+        task = asyncio.create_task(self._process(env))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return HopAck(accepted=True, stage=self.name, instance=self.instance_id)
+
+    async def _process(self, env: TaskEnvelope) -> None:
+        try:
+            outcome = await self._logic(env)
+            if isinstance(outcome, Finish):
+                await self._broker.publish(outcome.reply, env.reply_subject)
+                return
+            nxt = advance(outcome.env)
+            if current_stage(nxt) is None:
+                raise SkinflintError(f"stage {self.name!r} forwarded a task with nowhere left to go")
+            await self._hop.send(nxt)
+        except SkinflintError as exc:
+            await self._broker.publish(exc.to_reply(env.request_id), env.reply_subject)
+        except Exception:
+            log.exception("stage %s failed on %s", self.name, env.request_id)
+            await self._broker.publish(
+                SkinflintError(f"stage {self.name!r} failed; logged with request id {env.request_id}")
+                .to_reply(env.request_id), env.reply_subject)
+
+    async def drain(self) -> None:
+        await self.subscriber.stop()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,72 @@
+"""Integration fixtures: real nats-server, services started in-process or as processes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from services.ingress.service import IngressService
+from services.ingress.settings import IngressSettings, ModelRoute
+from services.stack import Stack
+from services.worker.service import WorkerService
+from services.worker.settings import WorkerSettings
+from tests.support.fakes import FakeEngine
+from tests.support.natsd import NatsServer
+
+ROOT = Path(__file__).resolve().parents[2]
+AUTH = {"Authorization": "Bearer sk-skinflint-demo"}
+MODELS = {"smollm2-135m": ModelRoute(tier="small"), "ghost": ModelRoute(tier="ghost")}
+
+
+@asynccontextmanager
+async def running_ingress(nats_url: str, **overrides: Any) -> AsyncIterator[tuple[IngressService, httpx.AsyncClient]]:
+    settings = IngressSettings(nats_url=nats_url, port=0, tenants_file=str(ROOT / "infra/config/tenants.yaml"),
+                               models=MODELS, drain_timeout_s=10, **overrides)
+    service = IngressService(settings)
+    await service.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.port}", headers=AUTH,
+                                     timeout=30) as client:
+            yield service, client
+    finally:
+        await service.drain()
+        await service.close()
+
+
+@asynccontextmanager
+async def running_worker(nats_url: str, seconds_per_token: float = 0.0, **overrides: Any) -> AsyncIterator[WorkerService]:
+    settings = WorkerSettings(nats_url=nats_url, heartbeat_interval_s=0.2, drain_timeout_s=10, **overrides)
+    service = WorkerService(settings, lambda s: FakeEngine(seconds_per_token=seconds_per_token))
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.drain()
+        await service.close()
+
+
+@pytest.fixture
+def stack_factory(tmp_path: Path) -> Iterator[Callable[[], Stack]]:
+    """Processes started the way a user starts them (python -m ...), stopped at the end."""
+    stacks: list[Stack] = []
+
+    def make() -> Stack:
+        stack = Stack(var_dir=tmp_path / f"stack{len(stacks)}", env={"SF_HEARTBEAT_INTERVAL_S": "0.3"})
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.stop()
+
+
+def chat(content: str = "hello", **fields: Any) -> dict[str, Any]:
+    return {"model": "smollm2-135m", "messages": [{"role": "user", "content": content}], **fields}
+
+
+__all__ = ["AUTH", "FakeEngine", "NatsServer", "chat", "running_ingress", "running_worker"]
