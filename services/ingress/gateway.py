@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from opentelemetry import trace
 from pydantic import ValidationError
 
 from contracts.subjects import Priority, reply_subject
@@ -88,6 +89,9 @@ class Gateway:
         Raises before yielding anything for errors known up front (404, 429, 503), so a
         streaming front end can still answer with a proper status code.
         """
+        span = trace.get_current_span()
+        span.set_attribute("sf.request_id", request_id)
+        span.set_attribute("sf.tenant", caller.tenant)
         route = self.route(req)
         self.gate.admit(caller)
         try:

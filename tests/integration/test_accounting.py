@@ -124,6 +124,7 @@ async def test_malformed_messages_do_not_block_good_ones(accounting: AccountingS
     # The ack wait is 30 s: the floor passes the poison within the deadline only if it was rejected.
     info = await consumed(js, last)
     # Each message was delivered once: the poison was settled at once, not left to time out.
+    assert info.delivered is not None
     assert info.delivered.consumer_seq == info.delivered.stream_seq == last
     assert [r.request_id for r in await ledger_of(accounting).requests(["half", "after-poison"])] == [
         "after-poison"]
@@ -155,6 +156,7 @@ async def test_a_failed_write_is_retried(accounting: AccountingService, nc: Nats
     last, _ = await publish(js, usage("flaky").model_dump_json().encode())
     info = await consumed(js, last)
     assert attempts == ["flaky", "flaky"]
+    assert info.delivered is not None
     assert info.delivered.consumer_seq == 2  # the nack made JetStream deliver it again
     assert await ledger.get("flaky") is not None
 
@@ -186,3 +188,13 @@ async def test_replicas_share_the_durable_consumer(fresh_nats_server: NatsServer
         assert [s.state.consumer_count for s in streams if s.config.name == USAGE_STREAM.name] == [1]
         report = await ledger_of(one).totals(UsageQuery())
         assert [(r.requests, r.cost_usd) for r in report.rows] == [(40, "0.000880000")]
+
+
+async def test_consumer_follows_the_settings_of_the_latest_start(fresh_nats_server: NatsServer,
+                                                               tmp_path: Path, nc: NatsClient) -> None:
+    js = nc.jetstream()
+    async with running(settings_for(fresh_nats_server, tmp_path, ack_wait_s=30.0)):
+        assert (await js.consumer_info(USAGE_STREAM.name, ACCOUNTING_DURABLE)).config.ack_wait == 30.0
+    async with running(settings_for(fresh_nats_server, tmp_path, ack_wait_s=45.0, max_deliveries=9)):
+        config = (await js.consumer_info(USAGE_STREAM.name, ACCOUNTING_DURABLE)).config
+        assert (config.ack_wait, config.max_deliver) == (45.0, 9)
