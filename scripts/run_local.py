@@ -18,8 +18,11 @@ BANNER = """
     OpenAI base URL : http://127.0.0.1:{port}/v1      (API key: sk-skinflint-demo)
     Try             : curl -s http://127.0.0.1:{port}/v1/chat/completions \\
                         -H 'Authorization: Bearer sk-skinflint-demo' -H 'Content-Type: application/json' \\
-                        -d '{{"model":"smollm2-135m","messages":[{{"role":"user","content":"What is the capital of France?"}}]}}'
-    Demo            : make demo          Usage: curl -s 'http://127.0.0.1:{port}/v1/usage?format=table' -H 'Authorization: Bearer sk-skinflint-demo'
+                        -d '{{"model":"smollm2-135m",
+                             "messages":[{{"role":"user","content":"What is the capital of France?"}}]}}'
+    Demo            : make demo
+    Usage table     : curl -s 'http://127.0.0.1:{port}/v1/usage?format=table' \\
+                        -H 'Authorization: Bearer sk-skinflint-demo'
     Logs            : var/log/*.log      Spans: var/log/traces-*.jsonl
   Ctrl-C stops everything (services drain first).
 """

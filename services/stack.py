@@ -84,7 +84,9 @@ class Stack:
         log_dir = self.var_dir / "log"
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"{name}.log"
-        env = {**os.environ, **self.env, **(extra_env or {})}
+        # Each stack keeps its ledger in its own folder unless told otherwise.
+        env = {"SF_DATABASE_URL": f"sqlite+aiosqlite:///{self.var_dir / 'skinflint.db'}",
+               **os.environ, **self.env, **(extra_env or {})}
         env["PYTHONUNBUFFERED"] = "1"
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True)

@@ -37,8 +37,11 @@ log = logging.getLogger(__name__)
 
 
 def consumer_config(settings: AccountingSettings) -> ConsumerConfig:
-    """The durable consumer every replica binds to (created by whichever replica comes first)."""
+    """The durable consumer every replica binds to."""
     return ConsumerConfig(
+        name=ACCOUNTING_DURABLE,
+        durable_name=ACCOUNTING_DURABLE,
+        filter_subject=USAGE_SUBJECT,
         ack_policy=JsAckPolicy.EXPLICIT,
         ack_wait=settings.ack_wait_s,
         max_deliver=settings.max_deliveries,
@@ -60,7 +63,9 @@ class AccountingService:
     def __init__(self, settings: AccountingSettings, pricebook: PriceBook | None = None) -> None:
         self.settings = settings
         # Validated here, before anything connects: a typo in the price book stops start-up.
-        self.pricebook = pricebook or load_config_file(settings.pricebook_file, PriceBook)
+        if pricebook is None:
+            pricebook = load_config_file(settings.pricebook_file, PriceBook)
+        self.pricebook = pricebook
         self.engine: AsyncEngine | None = None
         self.ledger: Ledger | None = None
         self.broker = make_broker(self.name, settings, setup_tracing(self.name, settings))
@@ -137,6 +142,10 @@ class AccountingService:
         # The stream must exist before the subscriber binds its durable consumer to it.
         await self.broker.connect()
         await ensure_streams(self.broker, (USAGE_STREAM,))
+        # Create the consumer, or update it to these settings: binding alone would keep the
+        # settings of whichever replica created it first, and a changed ack wait would be ignored.
+        js = self.broker.connection.jetstream()
+        await js.add_consumer(USAGE_STREAM.name, consumer_config(self.settings))
         await self.broker.start()
         log.info("charging usage from %s into %s", USAGE_STREAM.name, self.engine.url.render_as_string())
 
@@ -161,4 +170,5 @@ def _deliveries(msg: NatsMessage) -> int:
 
 def _summary(exc: ValidationError) -> str:
     errors = exc.errors(include_url=False, include_input=False)
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<body>'}: {e['msg']}" for e in errors[:5])
+    shown = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<body>'}: {e['msg']}" for e in errors[:5])
+    return shown + (f" (and {len(errors) - 5} more)" if len(errors) > 5 else "")

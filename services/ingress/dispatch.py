@@ -15,7 +15,16 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from contracts.subjects import CANCEL_SUBJECT, HEARTBEAT_SUBJECT, reply_wildcard
-from contracts.v1 import REPLY_ADAPTER, Accepted, CancelRequest, Chunk, ErrorReply, Final, TaskEnvelope, WorkerHeartbeat
+from contracts.v1 import (
+    REPLY_ADAPTER,
+    Accepted,
+    CancelRequest,
+    Chunk,
+    ErrorReply,
+    Final,
+    TaskEnvelope,
+    WorkerHeartbeat,
+)
 from services.shared.errors import SkinflintError, Timeout, Unavailable
 from services.shared.slip import StageHop
 

@@ -6,9 +6,9 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -17,8 +17,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from contracts.subjects import USAGE_QUERY_SUBJECT
 from contracts.v1 import ChatRequest, Chunk, Final, UsageQuery, UsageReport
 from services.ingress import openai_format as fmt
-from services.ingress.gateway import Gateway, decode_json, describe_validation_error, new_request_id, parse_chat_request
-from services.shared.usage_table import render_table
+from services.ingress.gateway import (
+    Gateway,
+    decode_json,
+    new_request_id,
+    parse_chat_request,
+)
 from services.ingress.ws import websocket_chat
 from services.shared.errors import (
     BadRequest,
@@ -27,6 +31,7 @@ from services.shared.errors import (
     SkinflintError,
     Unavailable,
 )
+from services.shared.usage_table import render_table
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +180,10 @@ def create_http_app(gateway: Gateway) -> FastAPI:
         return {"id": model, "object": "model", "created": 0, "owned_by": "skinflint", "tier": route.tier}
 
     @app.get("/v1/usage", summary="Usage and cost per tenant and tier", responses=ERROR_RESPONSES)
-    async def usage(request: Request, since: float | None = None, tenant: str | None = None,
-                    format: str = "json") -> Any:
+    async def usage(request: Request,
+                    since: Annotated[float | None, Query(ge=0, le=1e11, description="Unix time")] = None,
+                    tenant: Annotated[str | None, Query(max_length=200)] = None,
+                    format: Annotated[str, Query(pattern="^(json|table)$")] = "json") -> Any:
         caller = gateway.gate.authenticate(request.headers.get("authorization"))
         if format not in ("json", "table"):
             raise BadRequest("format must be 'json' or 'table'", param="format")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import uvicorn
@@ -51,9 +52,10 @@ class IngressService:
         await self.dispatcher.connect_raw()
         config = uvicorn.Config(self.app, host=self.settings.host, port=self.settings.port,
                                 log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=self.settings.drain_timeout_s)
+                                timeout_graceful_shutdown=int(self.settings.drain_timeout_s))
         self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        # The service runner owns SIGTERM/SIGINT (drain, then close); uvicorn must not take them.
+        self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
         self._serving = asyncio.create_task(self._server.serve())
         while not self._server.started:
             if self._serving.done():

@@ -27,7 +27,7 @@ def make_broker(
         name=f"skinflint-{service_name}-{settings.instance_id}",
         middlewares=(NatsTelemetryMiddleware(tracer_provider=tracer_provider),),
         graceful_timeout=settings.drain_timeout_s,
-        log_level=logging.DEBUG,
+        log_level=logging.INFO,
         # Keep trying while the bus restarts instead of dying: services outlive NATS blips.
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,

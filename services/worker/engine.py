@@ -10,7 +10,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from contracts.v1 import ChatMessage
 from services.worker.settings import WorkerSettings
@@ -94,8 +94,9 @@ class VllmEngine:
 
     def render(self, messages: Sequence[ChatMessage]) -> list[int]:
         conversation = [{"role": m.role, "content": m.content} for m in messages]
-        encoded = self._tokenizer.apply_chat_template(
-            conversation, tokenize=True, add_generation_prompt=True
+        encoded: Any = self._tokenizer.apply_chat_template(
+            conversation,  # type: ignore[arg-type]
+            tokenize=True, add_generation_prompt=True,
         )
         # transformers 5 returns a BatchEncoding, older versions a plain list.
         ids = encoded["input_ids"] if not isinstance(encoded, list) else encoded

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from services.shared.settings import ServiceSettings
@@ -27,7 +29,9 @@ class WorkerSettings(ServiceSettings):
     kv_cache_gib: float = Field(default=2.0, gt=0, description="KV cache size (CPU build: RAM).")
     gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1.0, description="vLLM memory fraction.")
     enforce_eager: bool = Field(default=True, description="Skip graph compilation (faster start on CPU).")
-    dtype: str = Field(default="auto", description="Model dtype for vLLM.")
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = Field(
+        default="auto", description="Model dtype for vLLM."
+    )
     heartbeat_interval_s: float = Field(default=1.0, gt=0, description="Seconds between heartbeats.")
     bulk_enabled: bool = Field(default=True, description="Whether this worker takes bulk work.")
     bulk_ack_wait_s: float = Field(default=60.0, gt=1, description="Redeliver bulk work unacked this long.")

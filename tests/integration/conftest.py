@@ -24,7 +24,9 @@ MODELS = {"smollm2-135m": ModelRoute(tier="small"), "ghost": ModelRoute(tier="gh
 
 
 @asynccontextmanager
-async def running_ingress(nats_url: str, **overrides: Any) -> AsyncIterator[tuple[IngressService, httpx.AsyncClient]]:
+async def running_ingress(
+    nats_url: str, **overrides: Any
+) -> AsyncIterator[tuple[IngressService, httpx.AsyncClient]]:
     settings = IngressSettings(nats_url=nats_url, port=0, tenants_file=str(ROOT / "infra/config/tenants.yaml"),
                                models=MODELS, drain_timeout_s=10, **overrides)
     service = IngressService(settings)
@@ -39,7 +41,9 @@ async def running_ingress(nats_url: str, **overrides: Any) -> AsyncIterator[tupl
 
 
 @asynccontextmanager
-async def running_worker(nats_url: str, seconds_per_token: float = 0.0, **overrides: Any) -> AsyncIterator[WorkerService]:
+async def running_worker(
+    nats_url: str, seconds_per_token: float = 0.0, **overrides: Any
+) -> AsyncIterator[WorkerService]:
     settings = WorkerSettings(nats_url=nats_url, heartbeat_interval_s=0.2, drain_timeout_s=10, **overrides)
     service = WorkerService(settings, lambda s: FakeEngine(seconds_per_token=seconds_per_token))
     await service.start()

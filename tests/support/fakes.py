@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from contracts.v1 import ChatMessage
 from services.worker.engine import EngineStep, GenerationParams
 
-REPLY = "Paris is the capital of France and its largest city by far today".split()
+REPLY = ["Paris", "is", "the", "capital", "of", "France", "and", "its", "largest", "city", "by", "far", "today"]
 
 
 class FakeEngine:

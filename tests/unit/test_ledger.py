@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,35 +39,55 @@ def pg_answers() -> bool:
         return False
 
 
-async def pg_engine_in_own_schema() -> tuple[AsyncEngine, str]:
-    """An engine whose tables live in a fresh schema, so the shared test database is left as
-    it was for anybody else using it."""
+@pytest.fixture(scope="module")
+def docker_pg_url() -> Iterator[str]:
+    """A throw-away PostgreSQL in a container, only where a Docker engine answers."""
+    docker = pytest.importorskip("docker")
+    try:
+        docker.from_env().ping()
+    except docker.errors.DockerException as exc:
+        pytest.skip(f"no Docker engine answers: {exc}")
+    from testcontainers.community.postgres import PostgresContainer
+
+    with PostgresContainer("postgres:16-alpine", driver="asyncpg") as pg:
+        yield pg.get_connection_url()
+
+
+async def engine_in_own_schema(url: str) -> tuple[AsyncEngine, str]:
+    """An engine whose tables live in a fresh schema, so a shared database is left as it was for
+    anybody else using it."""
     schema = f"sf_ledger_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(PG_URL)
+    admin = create_async_engine(url)
     async with admin.begin() as conn:
         await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     await admin.dispose()
-    engine = create_async_engine(PG_URL, connect_args={"server_settings": {"search_path": schema}})
+    engine = create_async_engine(url, connect_args={"server_settings": {"search_path": schema}})
     return engine, schema
 
 
-async def drop_schema(schema: str) -> None:
-    admin = create_async_engine(PG_URL)
+async def drop_schema(url: str, schema: str) -> None:
+    admin = create_async_engine(url)
     async with admin.begin() as conn:
         await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
     await admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Ledger]:
-    schema = None
-    if request.param == "sqlite":
+async def open_engine(backend: str, request: pytest.FixtureRequest,
+                      tmp_path: Path) -> tuple[AsyncEngine, str | None]:
+    """An engine on ``backend``, and the schema to drop afterwards (PostgreSQL only)."""
+    if backend == "sqlite":
         # A folder that does not exist yet: the engine factory creates it.
-        engine = make_engine(f"sqlite+aiosqlite:///{tmp_path}/db/ledger.db")
-    else:
-        if not pg_answers():
-            pytest.skip(f"no PostgreSQL answers at {PG_URL}")
-        engine, schema = await pg_engine_in_own_schema()
+        return make_engine(f"sqlite+aiosqlite:///{tmp_path}/db/ledger.db"), None
+    if backend == "postgres" and not pg_answers():
+        pytest.skip(f"no PostgreSQL answers at {PG_URL}")
+    url = PG_URL if backend == "postgres" else request.getfixturevalue("docker_pg_url")
+    engine, schema = await engine_in_own_schema(url)
+    return engine, schema
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "docker-postgres"])
+async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Ledger]:
+    engine, schema = await open_engine(request.param, request, tmp_path)
     ledger = Ledger(engine)
     await ledger.create_schema()
     await ledger.create_schema()  # idempotent: every replica calls it at start-up
@@ -76,7 +96,7 @@ async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     finally:
         await engine.dispose()
         if schema is not None:
-            await drop_schema(schema)
+            await drop_schema(engine.url.render_as_string(hide_password=False), schema)
 
 
 def usage(request_id: str, tenant: str = "acme", tier: str = "small", prompt: int = 100,
@@ -115,7 +135,8 @@ async def test_record_keeps_every_field(ledger: Ledger) -> None:
 
 
 async def test_totals_per_tenant_and_tier(ledger: Ledger) -> None:
-    await ledger.record(usage("a1", prompt=100, cached=10, completion=5), Charge(1_500_000_000, 3_000_000_000))
+    await ledger.record(usage("a1", prompt=100, cached=10, completion=5),
+                        Charge(1_500_000_000, 3_000_000_000))
     await ledger.record(usage("a2", prompt=200, completion=7), Charge(1, 2))
     await ledger.record(usage("a3", tier="large"), Charge(10, 10))
     await ledger.record(usage("b1", tenant="beta"), Charge(5, 6))

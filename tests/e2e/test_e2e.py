@@ -1,0 +1,172 @@
+"""HTTP -> NATS -> the real vLLM CPU engine -> the ledger, through the clients users use."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import nats
+import pytest
+import websockets
+import yaml
+from openai import BadRequestError, OpenAI
+
+from contracts.subjects import BULK_RESULTS_STREAM, Priority, bulk_result_subject, infer_subject
+from contracts.v1 import REPLY_ADAPTER, Final, TaskEnvelope
+from services.accounting.ledger import Ledger, UsageRecord, make_engine
+from tests.e2e.conftest import LiveSystem
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "sk-skinflint-demo"
+MODEL = "smollm2-135m"
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def client(live: LiveSystem) -> OpenAI:
+    return OpenAI(base_url=f"{live.base_url}/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+async def ledger_row(live: LiveSystem, request_id: str, timeout_s: float = 20) -> UsageRecord:
+    engine = make_engine(live.database_url)
+    try:
+        ledger = Ledger(engine)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            row = await ledger.get(request_id)
+            if row is not None:
+                return row
+            await asyncio.sleep(0.2)
+    finally:
+        await engine.dispose()
+    raise AssertionError(f"no ledger row for {request_id} after {timeout_s} s")
+
+
+def expected_nanos(tier: str, prompt: int, cached: int, completion: int, bulk: bool = False) -> int:
+    """The price book applied by hand: $ per million tokens -> nano-dollars per token is x1000."""
+    book = yaml.safe_load((ROOT / "infra/config/pricebook.yaml").read_text())["tiers"][tier]
+    total = ((prompt - cached) * Decimal(book["input_per_mtok"]) + cached * Decimal(book["cached_input_per_mtok"])
+             + completion * Decimal(book["output_per_mtok"])) * 1000
+    if bulk:
+        total *= Decimal(book.get("batch_discount", "1"))
+    return int(total.to_integral_value())
+
+
+def test_openai_sdk_gets_a_real_answer(live: LiveSystem) -> None:
+    reply = client(live).chat.completions.with_raw_response.create(
+        model=MODEL, messages=QUESTION, max_tokens=24, temperature=0)  # type: ignore[arg-type]
+    completion = reply.parse()
+    assert "Paris" in (completion.choices[0].message.content or "")
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+    assert reply.headers["x-request-id"] == completion.id.removeprefix("chatcmpl-")
+
+
+def test_openai_sdk_streams_with_usage(live: LiveSystem) -> None:
+    stream = client(live).chat.completions.create(
+        model=MODEL, messages=QUESTION, max_tokens=24, temperature=0, stream=True,  # type: ignore[arg-type]
+        stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "Paris" in text
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens > 0 and not chunks[-1].choices
+
+
+async def test_websocket_client_gets_chunks_and_the_answer(live: LiveSystem) -> None:
+    url = live.base_url.replace("http://", "ws://") + "/v1/ws"
+    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {KEY}"}) as ws:
+        await ws.send(json.dumps({"id": "q1", "request": {"model": MODEL, "messages": QUESTION,
+                                                          "max_tokens": 24, "temperature": 0}}))
+        await ws.send(json.dumps({"id": "bad", "request": {"model": MODEL, "messages": []}}))
+        deltas, done, errors = [], None, []
+        while done is None:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), timeout=120))
+            if frame["type"] == "chunk":
+                deltas.append(frame["delta"])
+            elif frame["type"] == "error":
+                errors.append(frame)
+            else:
+                done = frame
+    assert done["id"] == "q1"
+    assert "".join(deltas) == done["response"]["choices"][0]["message"]["content"]
+    assert "Paris" in "".join(deltas)
+    assert errors[0]["id"] == "bad" and errors[0]["error"]["param"] == "request.messages"
+
+
+async def test_ledger_row_matches_the_engine_and_the_price_book(live: LiveSystem) -> None:
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=120,
+                                 headers={"Authorization": f"Bearer {KEY}"}) as http:
+        r = await http.post("/v1/chat/completions", json={
+            "model": MODEL, "messages": QUESTION, "max_tokens": 16, "temperature": 0})
+    assert r.status_code == 200
+    usage = r.json()["usage"]
+    row = await ledger_row(live, r.headers["x-request-id"])
+    cached = usage["prompt_tokens_details"]["cached_tokens"]
+    assert (row.tenant, row.tier, row.status, row.priority) == ("demo", "small", "ok", "interactive")
+    assert (row.prompt_tokens, row.cached_prompt_tokens, row.completion_tokens) == (
+        usage["prompt_tokens"], cached, usage["completion_tokens"])
+    assert row.cost_nanousd == expected_nanos("small", row.prompt_tokens, cached, row.completion_tokens)
+    assert row.reference_nanousd == expected_nanos("large", row.prompt_tokens, 0, row.completion_tokens)
+    assert row.cost_nanousd < row.reference_nanousd
+
+
+def test_the_prefix_cache_shows_in_usage(live: LiveSystem) -> None:
+    # The CPU prefix cache works in 128-token blocks: a long shared system prompt is needed.
+    system = "You are a terse assistant for a travel company. " * 40
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "Say hi."}]
+    sdk = client(live)
+    first = sdk.chat.completions.create(model=MODEL, messages=messages, max_tokens=4)  # type: ignore[arg-type]
+    second = sdk.chat.completions.create(model=MODEL, messages=messages, max_tokens=4)  # type: ignore[arg-type]
+    assert first.usage is not None and second.usage is not None
+    assert first.usage.prompt_tokens > 256
+    details = second.usage.prompt_tokens_details
+    assert details is not None and (details.cached_tokens or 0) >= 128
+
+
+def test_context_overflow_is_a_clear_400(live: LiveSystem) -> None:
+    with pytest.raises(BadRequestError) as info:
+        client(live).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "word " * 3000}], max_tokens=8)
+    body = info.value.body
+    assert isinstance(body, dict) and body["param"] == "messages" and body["code"] == "context_length_exceeded"
+
+
+def test_usage_table_for_the_callers_tenant(live: LiveSystem) -> None:
+    client(live).chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4)  # type: ignore[arg-type]
+    time.sleep(1.0)
+    r = httpx.get(f"{live.base_url}/v1/usage", params={"format": "table"}, timeout=30,
+                  headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 200
+    lines = r.text.splitlines()
+    assert lines[0].split()[:3] == ["tenant", "tier", "requests"]
+    assert all(line.split()[0] == "demo" for line in lines[2:])  # never another tenant's rows
+
+
+async def test_a_bulk_task_is_answered_by_the_real_engine_and_charged_at_the_batch_price(
+    live: LiveSystem,
+) -> None:
+    raw = json.loads((ROOT / "tests/examples/v1/task_envelope.json").read_text())
+    raw.update(request_id=f"bulk-e2e-{time.time_ns()}", priority="bulk", job_id="e2e",
+               reply_subject=bulk_result_subject("e2e"), tenant="demo", marks=[])
+    raw["request"].update(stream=False, max_tokens=8, temperature=0)
+    task = TaskEnvelope.model_validate(raw)
+    nc = await nats.connect(live.nats_url)
+    try:
+        js = nc.jetstream()
+        await js.publish(infer_subject("small", Priority.BULK), task.model_dump_json().encode(),
+                         headers={"Nats-Msg-Id": task.request_id})
+        sub = await js.pull_subscribe(bulk_result_subject("e2e"), stream=BULK_RESULTS_STREAM.name)
+        msgs = await sub.fetch(1, timeout=120)
+        result = REPLY_ADAPTER.validate_json(msgs[0].data)
+        await msgs[0].ack()
+    finally:
+        await nc.close()
+    assert isinstance(result, Final) and result.request_id == task.request_id and result.text
+    row = await ledger_row(live, task.request_id)
+    assert row.priority == "bulk"
+    assert row.cost_nanousd == expected_nanos("small", row.prompt_tokens, row.cached_prompt_tokens,
+                                              row.completion_tokens, bulk=True)
