@@ -27,6 +27,7 @@ def test_fuzzing_the_openapi_spec_finds_no_server_error(
     stack = stack_factory()
     stack.env["SF_NATS_URL"] = nats_server.url
     stack.start_service("worker", "tests.support.fake_worker", {"SF_FAKE_SECONDS_PER_TOKEN": "0"})
+    stack.start_service("accounting", "services.accounting")
     port = stack.start_ingress(free_port())
     base = f"http://127.0.0.1:{port}"
     stack.wait_ready(timeout_s=60)
@@ -34,7 +35,7 @@ def test_fuzzing_the_openapi_spec_finds_no_server_error(
     for auth in ("Authorization: Bearer sk-skinflint-demo", "Authorization: Bearer sk-skinflint-admin"):
         run = subprocess.run(
             [str(st), "run", f"{base}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "40",
-             "--max-time", "120", "--request-timeout", "30", "--seed", "7", "--no-color",
+             "--max-time", "40", "--request-timeout", "30", "--seed", "7", "--no-color", "--workers", "2",
              "--header", auth, "--suppress-health-check", "all"],
             capture_output=True, text=True, timeout=300, cwd=tmp_path,
         )
