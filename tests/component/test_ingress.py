@@ -29,9 +29,21 @@ def body(**fields: object) -> dict[str, object]:
     return {"model": "smollm2-135m", "messages": [{"role": "user", "content": "hello"}], **fields}
 
 
+TENANTS = """
+tenants:
+  - name: demo
+    keys: [{id: demo, key: sk-skinflint-demo}]
+  - name: tiny
+    keys: [{id: tiny, key: sk-tiny-tenant}]
+    requests_per_minute: 60
+    burst: 2
+"""
+
+
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    settings = IngressSettings(tenants_file=str(ROOT / "infra/config/tenants.yaml"), instance_id="ing-test",
+async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    (tmp_path / "tenants.yaml").write_text(TENANTS)
+    settings = IngressSettings(tenants_file=str(tmp_path / "tenants.yaml"), instance_id="ing-test",
                                max_body_bytes=4096)
     broker = make_broker("ingress", settings, None)
     dispatcher = Dispatcher(broker, settings.instance_id, hop_timeout_s=1, liveness_s=5)
@@ -129,3 +141,15 @@ async def test_openapi_spec_is_published(client: httpx.AsyncClient) -> None:
     spec = (await client.get("/openapi.json")).json()
     op = spec["paths"]["/v1/chat/completions"]["post"]
     assert "requestBody" in op and {"400", "401", "404", "413", "429", "503", "504"} <= set(op["responses"])
+
+
+async def test_over_the_rate_limit_is_a_429_for_that_tenant_only(client: httpx.AsyncClient) -> None:
+    tiny = {"Authorization": "Bearer sk-tiny-tenant"}
+    statuses = [(await client.post("/v1/chat/completions", json=body(), headers=tiny)).status_code
+                for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    limited = await client.post("/v1/chat/completions", json=body(), headers=tiny)
+    assert limited.json()["error"]["type"] == "rate_limit_error"
+    assert int(limited.headers["retry-after"]) >= 1
+    # Another tenant is not affected.
+    assert (await client.post("/v1/chat/completions", json=body(), headers=AUTH)).status_code == 200
