@@ -1,7 +1,8 @@
 """`make run`: nats-server, accounting, a worker and ingress on this machine; Ctrl-C stops all.
 
 Environment: SF_PORT (HTTP port, default 8000), SF_NATS_PORT (default 4222; a free port is used
-if that one is taken), and any SF_* setting of the services (see services/*/settings.py).
+if that one is taken), SF_VERBOSE=1 (echo every line, not only the services' own; all lines
+are in var/log/ either way), and any SF_* setting of the services (see services/*/settings.py).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ BANNER = """
 def main() -> None:
     var = ROOT / "var"
     http_port = int(os.environ.get("SF_PORT", "8000"))
-    stack = Stack(var_dir=var, echo=printer(),
+    stack = Stack(var_dir=var, echo=printer(everything=os.environ.get("SF_VERBOSE") == "1"),
                   env={"SF_OTEL_EXPORTER": os.environ.get("SF_OTEL_EXPORTER", "console"),
                        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
                        "HF_HUB_OFFLINE": "1"})

@@ -6,7 +6,9 @@ three start skinflint exactly the way a user does.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -154,16 +156,20 @@ class Stack:
         proc = self.procs.pop(name, None)
         if proc is None or proc.process.poll() is not None:
             return None if proc is None else proc.process.returncode
-        # Signal the whole process group: vLLM's engine runs in child processes.
-        try:
-            os.killpg(proc.process.pid, sig)
-        except ProcessLookupError:
-            return proc.process.returncode
+        # The service itself gets the signal (it drains, then stops vLLM's engine processes in
+        # order); only if it does not exit in time is its whole process group killed.
+        proc.process.send_signal(sig)
         try:
             return proc.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.process.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.process.pid, signal.SIGKILL)
             return proc.process.wait()
+        finally:
+            if sig == signal.SIGKILL:
+                # A killed service cannot stop its children: take the group down with it.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.process.pid, signal.SIGKILL)
 
     def stop(self) -> None:
         """Services first (they drain), the bus last."""
@@ -172,12 +178,20 @@ class Stack:
         self.stop_one("nats")
 
 
-def printer(out: IO[str] = sys.stdout) -> Callable[[str, str], None]:
+#: Our own log lines ("12:00:01 INFO  [worker] ...") and anything that looks like trouble.
+_WORTH_SHOWING = re.compile(r"^\d\d:\d\d:\d\d \w+ +\[|ERROR|Error|Traceback|\[ERR\]|\[FTL\]")
+
+
+def printer(out: IO[str] = sys.stdout, everything: bool = False) -> Callable[[str, str], None]:
+    """Console echo of the services' output. Unless ``everything``, third-party chatter (vLLM's
+    start-up warnings, framework banners) is left to the log files."""
     colours = {"nats": 90, "ingress": 36, "worker": 35, "accounting": 33}
     lock = threading.Lock()
     tty = out.isatty()
 
     def echo(name: str, line: str) -> None:
+        if not everything and not _WORTH_SHOWING.search(line):
+            return
         tag = f"{name:>10} |"
         if tty:
             tag = f"\033[{colours.get(name, 37)}m{tag}\033[0m"

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.client import JetStreamContext
 from opentelemetry import trace
 from pydantic import ValidationError
 
@@ -170,27 +171,32 @@ class WorkerService:
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=s.bulk_ack_wait_s,
                                   max_deliver=s.bulk_max_deliveries, max_ack_pending=10_000),
         )
-        while not self._draining:
-            room = self.capacity.bulk_room()
-            if room == 0:
-                self._freed.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._freed.wait(), timeout=1.0)
-                continue
-            try:
-                msgs = await psub.fetch(room, timeout=1.0)
-            except TimeoutError:
-                continue
-            except Exception:
-                if self._draining:
-                    break
+        try:
+            while not self._draining:
+                await self._pull_bulk(psub)
+        finally:
+            # A pull subscription left behind makes the connection's drain wait out its timeout.
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+
+    async def _pull_bulk(self, psub: JetStreamContext.PullSubscription) -> None:
+        room = self.capacity.bulk_room()
+        if room == 0:
+            self._freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._freed.wait(), timeout=1.0)
+            return
+        try:
+            msgs = await psub.fetch(room, timeout=1.0)
+        except TimeoutError:
+            return
+        except Exception:
+            if not self._draining:
                 log.exception("bulk fetch failed; retrying")
                 await asyncio.sleep(1.0)
-                continue
-            for msg in msgs:
-                await self._take_bulk(msg)
-        with contextlib.suppress(Exception):
-            await psub.unsubscribe()
+            return
+        for msg in msgs:
+            await self._take_bulk(msg)
 
     async def _take_bulk(self, msg: Msg) -> None:
         try:
