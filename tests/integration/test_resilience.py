@@ -10,7 +10,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from services.stack import Stack
+from services.stack import Stack, free_port
 from tests.integration.conftest import AUTH, chat, running_ingress
 from tests.support.natsd import NatsServer
 
@@ -57,6 +57,7 @@ async def test_sigterm_lets_a_worker_finish_what_it_holds(
 ) -> None:
     stack = stack_factory()
     start_fake_worker(stack, nats_server.url, seconds_per_token=0.15)
+    log_path = stack.procs["worker"].log_path
     async with running_ingress(nats_server.url) as (_, client):
         await wait_for_worker(client)
         pending = asyncio.create_task(client.post("/v1/chat/completions", json=chat(max_tokens=10)))
@@ -66,6 +67,10 @@ async def test_sigterm_lets_a_worker_finish_what_it_holds(
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["completion_tokens"] == 10
     assert code == 0
+    log = log_path.read_text()
+    # Drained because the work was done, not because a timeout ran out.
+    assert "worker stopped" in log
+    assert "drain timed out" not in log and "DrainTimeoutError" not in log
 
 
 async def test_sigterm_lets_ingress_finish_in_flight_requests(
@@ -73,8 +78,6 @@ async def test_sigterm_lets_ingress_finish_in_flight_requests(
 ) -> None:
     stack = stack_factory()
     start_fake_worker(stack, nats_server.url, seconds_per_token=0.15)
-    from services.stack import free_port
-
     port = stack.start_ingress(free_port())
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=AUTH, timeout=30) as client:
         await wait_for_worker(client)
