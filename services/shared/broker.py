@@ -27,7 +27,10 @@ def make_broker(
         name=f"skinflint-{service_name}-{settings.instance_id}",
         middlewares=(NatsTelemetryMiddleware(tracer_provider=tracer_provider),),
         graceful_timeout=settings.drain_timeout_s,
-        log_level=logging.INFO,
+        # FastStream logs every message it handles at ``log_level``: at DEBUG on our own logger
+        # those lines cost one level check unless someone asks for them; errors still show.
+        logger=logging.getLogger(f"skinflint.bus.{service_name}"),
+        log_level=logging.DEBUG,
         # Keep trying while the bus restarts instead of dying: services outlive NATS blips.
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,

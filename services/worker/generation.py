@@ -113,17 +113,21 @@ async def answer(env: TaskEnvelope, engine: Engine, sink: ReplySink, who: Worker
     started = time.monotonic()
     last: EngineStep | None = None
     parts: list[str] = []
-    seq = 0
     status = "error"
     try:
         async for step in engine.stream(env.request_id, prompt, params, ENGINE_PRIORITY[env.priority]):
             last = step
             if step.delta:
-                parts.append(step.delta)
                 if env.request.stream:
-                    await sink.reply(env, Chunk(request_id=env.request_id, seq=seq, delta=step.delta))
-                    seq += 1
+                    await sink.reply(env, Chunk(request_id=env.request_id, seq=len(parts), delta=step.delta))
+                parts.append(step.delta)
         status = "ok"
+        final = _final(env, who, "".join(parts), last, len(prompt), queue_seconds,
+                       time.monotonic() - started)
+        # The answer goes out first; the usage event (a JetStream round trip) is off the
+        # client's critical path but still published before this task counts as done.
+        await sink.reply(env, final)
+        return final
     except asyncio.CancelledError:
         status = "aborted"
         await engine.abort(env.request_id)
@@ -136,19 +140,21 @@ async def answer(env: TaskEnvelope, engine: Engine, sink: ReplySink, who: Worker
         await sink.reply(env, error)
         return error
     finally:
-        engine_seconds = time.monotonic() - started
-        event = _usage(env, who, status, last, len(prompt), queue_seconds, engine_seconds)
-        # The usage event must go out even when the task is being cancelled.
+        event = _usage(env, who, status, last, len(prompt), queue_seconds, time.monotonic() - started)
+        # Exactly one usage event, whatever happened, even while the task is being cancelled.
         await asyncio.shield(sink.usage(event))
 
-    final = Final(
+
+def _final(env: TaskEnvelope, who: WorkerIdentity, text: str, last: EngineStep | None, prompt_tokens: int,
+           queue_seconds: float, engine_seconds: float) -> Final:
+    return Final(
         request_id=env.request_id,
-        text="".join(parts),
+        text=text,
         finish_reason="length" if last is not None and last.finish_reason == "length" else "stop",
         usage=TokenUsage(
-            prompt_tokens=event.prompt_tokens,
-            cached_prompt_tokens=event.cached_prompt_tokens,
-            completion_tokens=event.completion_tokens,
+            prompt_tokens=last.prompt_tokens if last else prompt_tokens,
+            cached_prompt_tokens=last.cached_prompt_tokens if last else 0,
+            completion_tokens=last.completion_tokens if last else 0,
         ),
         model=who.model_name,
         tier=who.tier,
@@ -156,5 +162,3 @@ async def answer(env: TaskEnvelope, engine: Engine, sink: ReplySink, who: Worker
         queue_seconds=queue_seconds,
         engine_seconds=engine_seconds,
     )
-    await sink.reply(env, final)
-    return final
