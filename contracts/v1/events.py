@@ -54,6 +54,11 @@ class HopAck(WireModel):
     instance: str = Field(description="The replica that answered.")
     reason: str | None = Field(default=None, description="Why it refused, if it did.")
     retry: bool = Field(default=False, description="Whether another replica may take it.")
+    holds: bool = Field(
+        default=False,
+        description="The stage keeps the task until it answers (inference) and sends heartbeats; "
+        "the sender may watch them to notice the holder dying.",
+    )
 
 
 class UsageQuery(WireModel):

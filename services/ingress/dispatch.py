@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 from faststream.nats import NatsBroker
@@ -106,24 +106,28 @@ class Dispatcher:
     def inflight(self) -> int:
         return len(self._inflight)
 
-    async def replies(self, env: TaskEnvelope, timeout_s: float) -> AsyncIterator[Chunk | Final]:
+    async def replies(self, env: TaskEnvelope, timeout_s: float) -> AsyncGenerator[Chunk | Final, None]:
         entry = Inflight(env)
         self._inflight[env.request_id] = entry
         deadline = time.monotonic() + timeout_s
         finished = False
         try:
-            # The hop ack only says the first stage has the task; a stage that holds it for long
-            # (inference) names itself with an Accepted reply, and from then on its heartbeats count.
-            await self.hop.send(env)
+            ack = await self.hop.send(env)
+            if ack.holds:
+                # The first stage itself holds the task for long (inference): watch its heartbeats.
+                # A holder further down the slip names itself with an Accepted reply instead.
+                entry.holder, entry.holder_since = ack.instance, time.monotonic()
             while True:
                 reply = await self._next(entry, deadline, timeout_s)
                 if isinstance(reply, ErrorReply):
                     finished = True
                     raise SkinflintError.from_reply(reply)
-                yield reply
                 if isinstance(reply, Final):
+                    # Set before yielding: the consumer may close this generator at the yield.
                     finished = True
+                    yield reply
                     return
+                yield reply
         finally:
             self._inflight.pop(env.request_id, None)
             if not finished:

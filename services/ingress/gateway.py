@@ -5,10 +5,11 @@ Shared by the HTTP and WebSocket front ends so both behave the same.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from opentelemetry import trace
@@ -83,7 +84,7 @@ class Gateway:
         )
 
     async def answer(self, caller: Caller, req: ChatRequest, request_id: str,
-                     received_at: float | None = None) -> AsyncIterator[Chunk | Final]:
+                     received_at: float | None = None) -> AsyncGenerator[Chunk | Final, None]:
         """Admit the request against the caller's limits and yield its replies.
 
         Raises before yielding anything for errors known up front (404, 429, 503), so a
@@ -96,7 +97,9 @@ class Gateway:
         self.gate.admit(caller)
         try:
             env = self.envelope(caller, req, route, request_id, received_at or time.time())
-            async for reply in self.dispatcher.replies(env, self.settings.request_timeout_s):
-                yield reply
+            # aclosing: when our consumer stops early, the dispatcher's clean-up runs now, not at GC.
+            async with contextlib.aclosing(self.dispatcher.replies(env, self.settings.request_timeout_s)) as replies:
+                async for reply in replies:
+                    yield reply
         finally:
             self.gate.release(caller)

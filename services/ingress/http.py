@@ -154,6 +154,7 @@ def create_http_app(gateway: Gateway) -> FastAPI:
         final = first
         while not isinstance(final, Final):
             final = await anext(replies)
+        await replies.aclose()  # releases the tenant's slot now
         total_ms = (time.perf_counter() - request.state.t0) * 1000
         engine_ms = final.engine_seconds * 1000
         return JSONResponse(fmt.completion(request_id, created, final), headers={

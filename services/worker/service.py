@@ -111,8 +111,11 @@ class WorkerService:
             reason = "draining" if self._draining else "at capacity"
             return HopAck(accepted=False, stage=INFER_STAGE, instance=self.identity.worker_id,
                           reason=reason, retry=True)
-        self._start(env, Priority.INTERACTIVE, queued_at=time.monotonic())
-        return HopAck(accepted=True, stage=INFER_STAGE, instance=self.identity.worker_id)
+        # Sent by ingress itself, the hop ack tells it who holds the task; after other stages,
+        # ingress learns it from an Accepted reply.
+        announce = bool(env.marks)
+        self._start(env, Priority.INTERACTIVE, queued_at=time.monotonic(), announce=announce)
+        return HopAck(accepted=True, stage=INFER_STAGE, instance=self.identity.worker_id, holds=True)
 
     async def on_cancel(self, msg: CancelRequest) -> None:
         task = self._tasks.get(msg.request_id)
@@ -122,10 +125,10 @@ class WorkerService:
 
     # --- task lifecycle -------------------------------------------------------------------
     def _start(self, env: TaskEnvelope, priority: Priority, queued_at: float,
-               on_done: Callable[[bool], object] | None = None) -> None:
+               on_done: Callable[[bool], object] | None = None, announce: bool = False) -> None:
         self.capacity.take(priority)
         mark_arrival(env, INFER_STAGE, self.identity.worker_id)
-        task = asyncio.create_task(self._run(env, queued_at, on_done), name=f"task-{env.request_id}")
+        task = asyncio.create_task(self._run(env, queued_at, on_done, announce), name=f"task-{env.request_id}")
         self._tasks[env.request_id] = task
 
         def _finished(_: asyncio.Task[None]) -> None:
@@ -136,11 +139,11 @@ class WorkerService:
         task.add_done_callback(_finished)
 
     async def _run(self, env: TaskEnvelope, queued_at: float,
-                   on_done: Callable[[bool], object] | None) -> None:
+                   on_done: Callable[[bool], object] | None, announce: bool) -> None:
         assert self.engine is not None
         ok = False
         try:
-            if env.priority is Priority.INTERACTIVE:
+            if announce:
                 await self.broker.publish(
                     Accepted(request_id=env.request_id, stage=INFER_STAGE,
                              instance=self.identity.worker_id),
