@@ -32,6 +32,10 @@ class ServiceSettings(BaseSettings):
     otel_endpoint: str = Field(
         default="http://127.0.0.1:4318/v1/traces", description="OTLP/HTTP traces endpoint."
     )
+    otel_sample_ratio: float = Field(
+        default=1.0, ge=0.0, le=1.0,
+        description="Share of requests traced (decided once at ingress, followed by every service).",
+    )
     otel_console_path: str | None = Field(
         default=None, description="With otel_exporter=console: a file for spans (stdout if unset)."
     )

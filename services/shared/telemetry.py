@@ -9,6 +9,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from services.shared.settings import ServiceSettings
 
@@ -22,7 +23,9 @@ def setup_tracing(service_name: str, settings: ServiceSettings) -> TracerProvide
     resource = Resource.create(
         {"service.name": f"skinflint-{service_name}", "service.instance.id": settings.instance_id}
     )
-    provider = TracerProvider(resource=resource)
+    # Parent-based: a service downstream traces a request exactly when ingress decided to.
+    sampler = ParentBased(TraceIdRatioBased(settings.otel_sample_ratio))
+    provider = TracerProvider(resource=resource, sampler=sampler)
     if settings.otel_exporter == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
