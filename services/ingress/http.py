@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -142,18 +143,16 @@ def create_http_app(gateway: Gateway) -> FastAPI:
         caller = gateway.gate.authenticate(request.headers.get("authorization"))
         req = parse_chat_request(decode_json(await read_body(request, settings.max_body_bytes)))
         replies = gateway.answer(caller, req, request_id)
-        first = await _first(replies)  # errors up to here become proper status codes
         created = fmt.now()
         if req.stream:
+            first = await _first(replies)  # errors up to here become proper status codes
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
                 _sse(request_id, created, req.model, first, replies, include_usage),
                 media_type="text/event-stream",
                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
             )
-        final = first
-        while not isinstance(final, Final):
-            final = await anext(replies)
+        final = await _final_unless_client_leaves(request, replies)
         await replies.aclose()  # releases the tenant's slot now
         total_ms = (time.perf_counter() - request.state.t0) * 1000
         engine_ms = final.engine_seconds * 1000
@@ -237,6 +236,36 @@ def _publish_body_schema(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+#: How often a waiting non-streaming request checks whether its client is still there.
+DISCONNECT_POLL_S = 1.0
+
+
+async def _final_unless_client_leaves(request: Request, replies: AsyncIterator[Chunk | Final]) -> Final:
+    """Wait for the whole answer; if the client hangs up first, stop waiting, which cancels the
+    task (the engine frees the slot instead of generating for nobody)."""
+
+    async def until_final() -> Final:
+        async for reply in replies:
+            if isinstance(reply, Final):
+                return reply
+        raise Unavailable("the request ended without an answer")
+
+    waiter = asyncio.ensure_future(until_final())
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiter}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return waiter.result()
+            if await request.is_disconnected():
+                log.info("client of %s went away; cancelling", request.state.request_id)
+                raise SkinflintError("the client closed the connection", status=499, code="client_closed")
+    finally:
+        if not waiter.done():
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError, SkinflintError):
+                await waiter
 
 
 async def _first(replies: AsyncIterator[Chunk | Final]) -> Chunk | Final:

@@ -108,3 +108,23 @@ async def test_timeout_is_a_504_and_frees_the_worker(
             await asyncio.sleep(0.1)
         else:
             raise AssertionError("the worker kept generating for a request nobody waits for")
+
+
+async def test_a_client_that_hangs_up_frees_the_worker(
+    nats_server: NatsServer, stack_factory: Callable[[], Stack]
+) -> None:
+    stack = stack_factory()
+    start_fake_worker(stack, nats_server.url, seconds_per_token=0.5)
+    async with running_ingress(nats_server.url) as (_, client):
+        await wait_for_worker(client)
+        with pytest.raises(httpx.ReadTimeout):
+            await client.post("/v1/chat/completions", json=chat(max_tokens=12), timeout=1.0)
+        # Generating all 12 tokens would take 6 s: the slot must be free well before that.
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            workers = (await client.get("/readyz")).json()["workers"]
+            if workers and workers[0]["inflight"] == 0:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the worker kept generating for a client that left")
