@@ -32,6 +32,17 @@ async def wait_for_worker(client: httpx.AsyncClient, timeout_s: float = 30) -> N
     raise AssertionError("worker did not become ready")
 
 
+async def worker_goes_idle(client: httpx.AsyncClient, within_s: float, why: str) -> None:
+    """The worker's heartbeat shows nothing in flight within ``within_s``."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        workers = (await client.get("/readyz")).json()["workers"]
+        if workers and workers[0]["inflight"] == 0:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the worker kept generating for {why}")
+
+
 async def test_killed_worker_gives_a_clear_503_and_a_restarted_one_serves(
     nats_server: NatsServer, stack_factory: Callable[[], Stack]
 ) -> None:
@@ -99,15 +110,8 @@ async def test_timeout_is_a_504_and_frees_the_worker(
         r = await client.post("/v1/chat/completions", json=chat(max_tokens=12))
         assert r.status_code == 504
         assert "cancelled" in r.json()["error"]["message"]
-        # The worker was told to stop: its heartbeat soon shows nothing in flight.
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            workers = (await client.get("/readyz")).json()["workers"]
-            if workers and workers[0]["inflight"] == 0:
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError("the worker kept generating for a request nobody waits for")
+        # Generating all 12 tokens would take 6 s: the worker was told to stop long before.
+        await worker_goes_idle(client, within_s=3, why="a request nobody waits for")
 
 
 async def test_a_client_that_hangs_up_frees_the_worker(
@@ -120,11 +124,4 @@ async def test_a_client_that_hangs_up_frees_the_worker(
         with pytest.raises(httpx.ReadTimeout):
             await client.post("/v1/chat/completions", json=chat(max_tokens=12), timeout=1.0)
         # Generating all 12 tokens would take 6 s: the slot must be free well before that.
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            workers = (await client.get("/readyz")).json()["workers"]
-            if workers and workers[0]["inflight"] == 0:
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError("the worker kept generating for a client that left")
+        await worker_goes_idle(client, within_s=3, why="a client that left")
