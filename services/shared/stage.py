@@ -1,7 +1,7 @@
 """A stage on the routing slip: take the task, do the work, forward it or answer.
 
-Stage services (cache, classifier, retrieval) register their plain logic with
-``register_stage``; the hand-off protocol lives here once.
+Stage services (cache, classifier, retrieval) hand their plain logic to a ``StageRunner``;
+the hand-off protocol lives here once.
 """
 
 from __future__ import annotations

@@ -86,9 +86,7 @@ def _usage(env: TaskEnvelope, who: WorkerIdentity, status: str, last: EngineStep
         tier=who.tier,
         priority=env.priority,
         status=status,  # type: ignore[arg-type]
-        prompt_tokens=last.prompt_tokens if last else prompt_tokens,
-        cached_prompt_tokens=last.cached_prompt_tokens if last else 0,
-        completion_tokens=last.completion_tokens if last else 0,
+        **_tokens(last, prompt_tokens).model_dump(),
         queue_seconds=queue_s,
         engine_seconds=engine_s,
         worker=who.worker_id,
@@ -151,14 +149,18 @@ def _final(env: TaskEnvelope, who: WorkerIdentity, text: str, last: EngineStep |
         request_id=env.request_id,
         text=text,
         finish_reason="length" if last is not None and last.finish_reason == "length" else "stop",
-        usage=TokenUsage(
-            prompt_tokens=last.prompt_tokens if last else prompt_tokens,
-            cached_prompt_tokens=last.cached_prompt_tokens if last else 0,
-            completion_tokens=last.completion_tokens if last else 0,
-        ),
+        usage=_tokens(last, prompt_tokens),
         model=who.model_name,
         tier=who.tier,
         served_by=who.worker_id,
         queue_seconds=queue_seconds,
         engine_seconds=engine_seconds,
     )
+
+
+def _tokens(last: EngineStep | None, prompt_tokens: int) -> TokenUsage:
+    """Token counts as the engine last reported them (the rendered prompt if it never answered)."""
+    if last is None:
+        return TokenUsage(prompt_tokens=prompt_tokens, completion_tokens=0)
+    return TokenUsage(prompt_tokens=last.prompt_tokens, cached_prompt_tokens=last.cached_prompt_tokens,
+                      completion_tokens=last.completion_tokens)
