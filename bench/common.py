@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from services.stack import ROOT, Stack, free_port
+from services.worker.engine import cpu_flags, resolve_dtype
 
 API_KEY = "sk-skinflint-demo"
 MODEL = "smollm2-135m"
@@ -118,7 +119,9 @@ class EngineSettings:
     max_model_len: int = 2048
     kv_cache_gib: float = 2.0
     gpu_memory_utilization: float = 0.5
-    dtype: str = "auto"
+    # What the worker's "auto" resolves to on this CPU, spelled out so `vllm serve` gets the same
+    # (its own "auto" picks bfloat16 even where the CPU has to emulate it).
+    dtype: str = field(default_factory=lambda: resolve_dtype("auto", on_cpu=True, flags=cpu_flags()))
     max_num_batched_tokens: int = 2048  # what the skinflint worker's engine gets by default on CPU
 
     def skinflint_env(self) -> dict[str, str]:

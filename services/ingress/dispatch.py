@@ -1,4 +1,7 @@
-"""The ingress's side of the bus: hand tasks to the first stage and collect their replies."""
+"""The ingress's side of the bus: hand tasks to the first stage and collect their replies.
+
+Hand-offs and replies travel on the request path's lane (raw nats-py, ``services.shared.lane``).
+"""
 
 from __future__ import annotations
 
@@ -10,13 +13,11 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 from faststream.nats import NatsBroker
-from faststream.nats.annotations import NatsMessage
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from contracts.subjects import CANCEL_SUBJECT, HEARTBEAT_SUBJECT, reply_wildcard
 from contracts.v1 import (
-    REPLY_ADAPTER,
     Accepted,
     CancelRequest,
     Chunk,
@@ -25,6 +26,7 @@ from contracts.v1 import (
     TaskEnvelope,
     WorkerHeartbeat,
 )
+from services.shared import lane
 from services.shared.errors import SkinflintError, Timeout, Unavailable
 from services.shared.slip import StageHop
 
@@ -76,10 +78,14 @@ class Dispatcher:
         self.hop = StageHop(broker, ack_timeout_s=hop_timeout_s)
         self.workers = WorkerRegistry(liveness_s)
         self._inflight: dict[str, Inflight] = {}
-        broker.subscriber(reply_wildcard(instance_id), title="replies")(self._on_reply)
 
-    async def connect_raw(self) -> None:
-        """Subscriptions that bypass FastStream (no span per heartbeat); call after broker start."""
+    async def connect(self) -> None:
+        """Subscribe to this instance's replies and to heartbeats; call after the broker started.
+
+        Both bypass FastStream: replies are on the request path, and a span per heartbeat would
+        bury the request traces.
+        """
+        await lane.subscribe_replies(self.broker.connection, reply_wildcard(self.instance_id), self._on_reply)
         await self.broker.connection.subscribe(HEARTBEAT_SUBJECT, cb=self._on_heartbeat)
 
     async def _on_heartbeat(self, msg: Msg) -> None:
@@ -88,12 +94,7 @@ class Dispatcher:
         except ValidationError:
             log.warning("ignoring a malformed heartbeat")
 
-    async def _on_reply(self, message: NatsMessage) -> None:
-        try:
-            reply = REPLY_ADAPTER.validate_json(message.body)
-        except ValidationError:
-            log.warning("ignoring a malformed reply on %s", message.raw_message.subject)
-            return
+    def _on_reply(self, reply: lane.Reply) -> None:
         entry = self._inflight.get(reply.request_id)
         if entry is None:
             return  # the client gave up already

@@ -1,8 +1,9 @@
 """The routing slip: how a task envelope moves from stage to stage.
 
 Plain functions decide where an envelope goes; ``StageHop`` performs the hand-off over NATS as
-a request, so that the sender learns at once whether anybody took the task (NATS answers
-"no responders" when no replica of the next stage is subscribed).
+a request (on the request path's lane, ``services.shared.lane``), so that the sender learns at
+once whether anybody took the task (NATS answers "no responders" when no replica of the next
+stage is subscribed).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from contracts.subjects import INFER_STAGE, infer_subject, stage_subject
 from contracts.v1 import HopAck, StageMark, TaskEnvelope
 from services.shared.errors import SkinflintError, Timeout, Unavailable
+from services.shared.lane import request_hop
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,7 @@ class StageHop:
         subject = subject_for(env)
         for attempt in range(self._busy_retries + 1):
             try:
-                msg = await self._broker.request(env, subject, timeout=self._ack_timeout_s)
+                ack = await request_hop(self._broker.connection, subject, env, self._ack_timeout_s)
             except NoRespondersError as exc:
                 raise Unavailable(
                     f"no {stage!r} service is running for subject {subject}; start one and retry"
@@ -89,7 +91,6 @@ class StageHop:
             except (NatsTimeoutError, TimeoutError) as exc:
                 raise Timeout(f"the {stage!r} stage did not take the task within "
                               f"{self._ack_timeout_s:.1f} s") from exc
-            ack = HopAck.model_validate_json(msg.body)
             if ack.accepted:
                 return ack
             if not ack.retry:

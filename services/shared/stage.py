@@ -12,9 +12,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from faststream.nats import NatsBroker
+from nats.aio.subscription import Subscription
 
 from contracts.subjects import stage_queue_group, stage_subject
 from contracts.v1 import ErrorReply, Final, HopAck, TaskEnvelope
+from services.shared import lane
 from services.shared.errors import SkinflintError
 from services.shared.slip import StageHop, advance, current_stage, mark_arrival
 
@@ -43,7 +45,8 @@ class StageRunner:
 
     The hop is acknowledged at once; the work then runs in the background, so a slow stage never
     holds up the sender. Whatever happens, the task ends in exactly one of: forwarded to the next
-    stage, a reply on its reply subject.
+    stage, a reply on its reply subject. ``start`` subscribes (after the broker is connected);
+    ``drain`` stops taking tasks and waits for those taken.
     """
 
     def __init__(self, broker: NatsBroker, name: str, instance_id: str, logic: StageLogic,
@@ -54,8 +57,13 @@ class StageRunner:
         self._logic = logic
         self._hop = hop or StageHop(broker)
         self._tasks: set[asyncio.Task[None]] = set()
-        self.subscriber = broker.subscriber(stage_subject(name), queue=stage_queue_group(name), title=name)
-        self.subscriber(self.on_task)
+        self._subscription: Subscription | None = None
+
+    async def start(self) -> None:
+        self._subscription = await lane.serve_hops(
+            self._broker.connection, stage_subject(self.name), stage_queue_group(self.name), self.on_task,
+            lambda reason: HopAck(accepted=False, stage=self.name, instance=self.instance_id, retry=False,
+                                  reason=reason))
 
     async def on_task(self, env: TaskEnvelope) -> HopAck:
         if current_stage(env) != self.name:
@@ -71,21 +79,24 @@ class StageRunner:
         try:
             outcome = await self._logic(env)
             if isinstance(outcome, Finish):
-                await self._broker.publish(outcome.reply, env.reply_subject)
+                await self._reply(env, outcome.reply)
                 return
             nxt = advance(outcome.env)
             if current_stage(nxt) is None:
                 raise SkinflintError(f"stage {self.name!r} forwarded a task with nowhere left to go")
             await self._hop.send(nxt)
         except SkinflintError as exc:
-            await self._broker.publish(exc.to_reply(env.request_id), env.reply_subject)
+            await self._reply(env, exc.to_reply(env.request_id))
         except Exception:
             log.exception("stage %s failed on %s", self.name, env.request_id)
-            await self._broker.publish(
-                SkinflintError(f"stage {self.name!r} failed; logged with request id {env.request_id}")
-                .to_reply(env.request_id), env.reply_subject)
+            await self._reply(env, SkinflintError(
+                f"stage {self.name!r} failed; logged with request id {env.request_id}").to_reply(env.request_id))
+
+    async def _reply(self, env: TaskEnvelope, reply: Final | ErrorReply) -> None:
+        await lane.publish(self._broker.connection, env.reply_subject, reply)
 
     async def drain(self) -> None:
-        await self.subscriber.stop()
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,4 +1,8 @@
-"""The worker on the bus: interactive tasks over core NATS, bulk tasks pulled from JetStream."""
+"""The worker on the bus: interactive tasks over core NATS, bulk tasks pulled from JetStream.
+
+Interactive hand-offs and their replies travel on the request path's lane (raw nats-py, see
+``services.shared.lane``); bulk results, usage events and cancels go through FastStream.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from collections.abc import Callable
 
 from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.client import JetStreamContext
 from opentelemetry import trace
@@ -39,12 +44,14 @@ from contracts.v1 import (
     UsageEvent,
     WorkerHeartbeat,
 )
+from services.shared import lane
 from services.shared.broker import ensure_streams, make_broker
 from services.shared.slip import mark_arrival
 from services.shared.telemetry import setup_tracing
 from services.worker.capacity import Capacity
 from services.worker.engine import Engine
 from services.worker.generation import WorkerIdentity, answer
+from services.worker.outbox import UsageOutbox
 from services.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -53,10 +60,15 @@ tracer = trace.get_tracer(__name__)
 
 class BusSink:
     """Replies and usage events onto the bus. Bulk results and usage go to JetStream with a
-    message id, so a redelivered task that is answered twice is stored and charged once."""
+    message id, so a redelivered task that is answered twice is stored and charged once.
 
-    def __init__(self, broker: NatsBroker) -> None:
+    Interactive replies take the request path's lane; usage events wait in the outbox, off the
+    answer's critical path (a bulk task still waits until its event is stored: it is acknowledged
+    only after that)."""
+
+    def __init__(self, broker: NatsBroker, usage_delay_s: float) -> None:
         self._broker = broker
+        self.outbox = UsageOutbox(self.store_usage, delay_s=usage_delay_s)
 
     async def reply(self, env: TaskEnvelope, message: Chunk | Final | ErrorReply) -> None:
         if env.priority is Priority.BULK:
@@ -67,12 +79,18 @@ class BusSink:
                 headers={"Nats-Msg-Id": f"result-{env.request_id}"},
             )
         else:
-            await self._broker.publish(message, env.reply_subject)
+            await lane.publish(self._broker.connection, env.reply_subject, message)
 
     async def usage(self, event: UsageEvent) -> None:
-        await self._broker.publish(
-            event, USAGE_SUBJECT, stream=USAGE_STREAM.name,
-            headers={"Nats-Msg-Id": f"usage-{event.request_id}"},
+        stored = self.outbox.put(event, lane.trace_headers())
+        if event.priority is Priority.BULK:
+            await stored
+
+    async def store_usage(self, event: UsageEvent, trace: dict[str, str] | None) -> None:
+        """Publish one usage event to JetStream and wait until it is stored (the outbox's sender)."""
+        await self._broker.connection.jetstream().publish(
+            USAGE_SUBJECT, event.model_dump_json().encode(), stream=USAGE_STREAM.name,
+            headers={**(trace or {}), "Nats-Msg-Id": f"usage-{event.request_id}"},
         )
 
 
@@ -88,7 +106,7 @@ class WorkerService:
         self.engine: Engine | None = None
         provider = setup_tracing(self.name, settings)
         self.broker = make_broker(self.name, settings, provider)
-        self.sink = BusSink(self.broker)
+        self.sink = BusSink(self.broker, settings.usage_delay_s)
         self.capacity = Capacity(settings.max_num_seqs, settings.max_waiting, settings.interactive_reserve)
         self.identity = WorkerIdentity(settings.instance_id, settings.tier, settings.model_name,
                                        settings.default_max_tokens)
@@ -96,26 +114,24 @@ class WorkerService:
         self._draining = False
         self._freed = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
-        self._interactive = self.broker.subscriber(
-            infer_subject(settings.tier, Priority.INTERACTIVE), queue=WORKER_QUEUE_GROUP,
-            title="infer-interactive",
-            description="Interactive tasks for this tier; the reply is a HopAck.",
-        )
-        self._interactive(self.on_task)
+        self._usage_sender: asyncio.Task[None] | None = None
+        self._interactive: Subscription | None = None
         self.broker.subscriber(CANCEL_SUBJECT, title="cancel")(self.on_cancel)
 
     # --- handlers -------------------------------------------------------------------------
     async def on_task(self, env: TaskEnvelope) -> HopAck:
         """Take an interactive task if there is room; the generation runs in the background."""
         if self._draining or self.engine is None or not self.capacity.can_admit_interactive():
-            reason = "draining" if self._draining else "at capacity"
-            return HopAck(accepted=False, stage=INFER_STAGE, instance=self.identity.worker_id,
-                          reason=reason, retry=True)
+            return self._refusal("draining" if self._draining else "at capacity", retry=True)
         # Sent by ingress itself, the hop ack tells it who holds the task; after other stages,
         # ingress learns it from an Accepted reply.
         announce = bool(env.marks)
         self._start(env, Priority.INTERACTIVE, queued_at=time.monotonic(), announce=announce)
         return HopAck(accepted=True, stage=INFER_STAGE, instance=self.identity.worker_id, holds=True)
+
+    def _refusal(self, reason: str, retry: bool = False) -> HopAck:
+        return HopAck(accepted=False, stage=INFER_STAGE, instance=self.identity.worker_id, reason=reason,
+                      retry=retry)
 
     async def on_cancel(self, msg: CancelRequest) -> None:
         task = self._tasks.get(msg.request_id)
@@ -144,13 +160,13 @@ class WorkerService:
         ok = False
         try:
             if announce:
-                await self.broker.publish(
-                    Accepted(request_id=env.request_id, stage=INFER_STAGE,
-                             instance=self.identity.worker_id),
-                    env.reply_subject,
-                )
-            await answer(env, self.engine, self.sink, self.identity,
-                         queue_seconds=time.monotonic() - queued_at)
+                await lane.publish(self.broker.connection, env.reply_subject,
+                                   Accepted(request_id=env.request_id, stage=INFER_STAGE,
+                                            instance=self.identity.worker_id))
+            with tracer.start_as_current_span(f"infer {self.identity.tier}", attributes={
+                    "sf.request_id": env.request_id, "sf.priority": env.priority.value}):
+                await answer(env, self.engine, self.sink, self.identity,
+                             queue_seconds=time.monotonic() - queued_at)
             ok = True
         except asyncio.CancelledError:
             pass
@@ -258,6 +274,10 @@ class WorkerService:
             self.engine = VllmEngine(self.settings)
         await self.broker.start()
         await ensure_streams(self.broker, (USAGE_STREAM, BULK_STREAM, BULK_RESULTS_STREAM))
+        self._interactive = await lane.serve_hops(
+            self.broker.connection, infer_subject(self.settings.tier, Priority.INTERACTIVE), WORKER_QUEUE_GROUP,
+            self.on_task, self._refusal)
+        self._usage_sender = asyncio.create_task(self.sink.outbox.run())
         self._background.append(asyncio.create_task(self._heartbeat_loop()))
         if self.settings.bulk_enabled:
             self._background.append(asyncio.create_task(self._bulk_loop()))
@@ -266,7 +286,8 @@ class WorkerService:
 
     async def drain(self) -> None:
         self._draining = True
-        await self._interactive.stop()
+        if self._interactive is not None:
+            await self._interactive.unsubscribe()
         with contextlib.suppress(Exception):
             await self.broker.connection.publish(
                 HEARTBEAT_SUBJECT, self.heartbeat().model_dump_json().encode()
@@ -274,6 +295,15 @@ class WorkerService:
         if self._tasks:
             log.info("waiting for %d requests to finish", len(self._tasks))
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await self._stop_usage_sender()
+
+    async def _stop_usage_sender(self, timeout_s: float = 10.0) -> None:
+        """Send the usage events still held (the bus is still up), then stop the sender."""
+        if self._usage_sender is not None:
+            self._usage_sender.cancel()
+            await asyncio.gather(self._usage_sender, return_exceptions=True)
+            self._usage_sender = None
+        await self.sink.outbox.flush(timeout_s)
 
     async def close(self) -> None:
         self._draining = True
@@ -281,6 +311,9 @@ class WorkerService:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        if self.broker.connection is not None and self.broker.connection.is_connected:
+            await self._stop_usage_sender()
+        self.sink.outbox.cancel_waiters()
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

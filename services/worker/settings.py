@@ -8,6 +8,8 @@ from pydantic import Field, model_validator
 
 from services.shared.settings import ServiceSettings
 
+Dtype = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
+
 
 class WorkerSettings(ServiceSettings):
     model_path: str = Field(default=".models/SmolLM2-135M-Instruct", description="Model folder for vLLM.")
@@ -29,12 +31,17 @@ class WorkerSettings(ServiceSettings):
     kv_cache_gib: float = Field(default=2.0, gt=0, description="KV cache size (CPU build: RAM).")
     gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1.0, description="vLLM memory fraction.")
     enforce_eager: bool = Field(default=True, description="Skip graph compilation (faster start on CPU).")
-    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = Field(
-        default="auto", description="Model dtype for vLLM."
+    dtype: Dtype = Field(
+        default="auto",
+        description="Model dtype for vLLM; auto is float32 on a CPU without fast bfloat16 (no AVX-512).",
     )
     heartbeat_interval_s: float = Field(default=1.0, gt=0, description="Seconds between heartbeats.")
     bulk_enabled: bool = Field(default=True, description="Whether this worker takes bulk work.")
     bulk_ack_wait_s: float = Field(default=60.0, gt=1, description="Redeliver bulk work unacked this long.")
+    usage_delay_s: float = Field(
+        default=0.05, ge=0, le=5,
+        description="Usage events are sent this long after the answer, batched, off its critical path.",
+    )
     bulk_max_deliveries: int = Field(default=5, ge=1, description="Attempts before a bulk item is dropped.")
 
     @model_validator(mode="after")

@@ -1,28 +1,37 @@
-"""Ingress with the in-memory broker and a scripted worker: HTTP statuses and formats."""
+"""Ingress with a scripted worker on a real nats-server: HTTP statuses and formats.
+
+The request path's hand-offs and replies run on raw nats-py (``services.shared.lane``), which
+FastStream's in-memory broker cannot carry, so the bus here is a real server; the worker is
+scripted.
+"""
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-from faststream.nats import TestNatsBroker
+from faststream.nats import NatsBroker
 
 from contracts.subjects import INFER_STAGE, Priority, infer_subject
 from contracts.v1 import Chunk, ErrorReply, Final, HopAck, TaskEnvelope, TokenUsage
 from services.ingress.dispatch import Dispatcher
 from services.ingress.gateway import Gateway
 from services.ingress.http import create_http_app
-from services.ingress.settings import IngressSettings
+from services.ingress.settings import IngressSettings, ModelRoute
 from services.ingress.tenants import Gate, TenantsFile
 from services.shared.broker import make_broker
 from services.shared.settings import load_config_file
+from tests.support.natsd import NatsServer
 
 pytestmark = pytest.mark.component
 ROOT = Path(__file__).resolve().parents[2]
 AUTH = {"Authorization": "Bearer sk-skinflint-demo"}
+#: A tier of these tests' own, so no other test's worker answers them.
+TIER = "component-ingress"
 
 
 def body(**fields: object) -> dict[str, object]:
@@ -40,19 +49,12 @@ tenants:
 """
 
 
-@pytest.fixture
-async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    (tmp_path / "tenants.yaml").write_text(TENANTS)
-    settings = IngressSettings(tenants_file=str(tmp_path / "tenants.yaml"), instance_id="ing-test",
-                               max_body_bytes=4096)
-    broker = make_broker("ingress", settings, None)
-    dispatcher = Dispatcher(broker, settings.instance_id, hop_timeout_s=1, liveness_s=5)
-    gateway = Gateway(settings, Gate(load_config_file(settings.tenants_file, TenantsFile)), dispatcher)
-    app = create_http_app(gateway)
+def scripted_worker(nats_url: str) -> NatsBroker:
+    """A worker that answers "hi there", or fails when the prompt says "error"."""
+    broker = NatsBroker(nats_url)
 
-    @broker.subscriber(infer_subject("small", Priority.INTERACTIVE))
+    @broker.subscriber(infer_subject(TIER, Priority.INTERACTIVE))
     async def worker(env: TaskEnvelope) -> HopAck:
-        # A scripted worker: "error" in the prompt makes it fail, otherwise it answers "hi there".
         text = env.request.messages[-1].content
         if "error" in text:
             await broker.publish(ErrorReply(request_id=env.request_id, status=400, code="bad", message="no",
@@ -63,14 +65,34 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
                     await broker.publish(Chunk(request_id=env.request_id, seq=i, delta=word), env.reply_subject)
             await broker.publish(Final(
                 request_id=env.request_id, text="hi there", finish_reason="stop",
-                usage=TokenUsage(prompt_tokens=5, completion_tokens=2), model="smollm2-135m", tier="small",
+                usage=TokenUsage(prompt_tokens=5, completion_tokens=2), model="smollm2-135m", tier=TIER,
                 served_by="w1", engine_seconds=0.01), env.reply_subject)
         return HopAck(accepted=True, stage=INFER_STAGE, instance="w1")
 
-    async with TestNatsBroker(broker):
+    return broker
+
+
+@pytest.fixture
+async def client(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[httpx.AsyncClient]:
+    (tmp_path / "tenants.yaml").write_text(TENANTS)
+    settings = IngressSettings(nats_url=nats_server.url, tenants_file=str(tmp_path / "tenants.yaml"),
+                               instance_id=f"ing-{uuid.uuid4().hex[:8]}", max_body_bytes=4096,
+                               models={"smollm2-135m": ModelRoute(tier=TIER)})
+    broker = make_broker("ingress", settings, None)
+    dispatcher = Dispatcher(broker, settings.instance_id, hop_timeout_s=1, liveness_s=5)
+    gateway = Gateway(settings, Gate(load_config_file(settings.tenants_file, TenantsFile)), dispatcher)
+    app = create_http_app(gateway)
+    worker = scripted_worker(nats_server.url)
+    await broker.start()
+    await dispatcher.connect()
+    await worker.start()
+    try:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://ingress") as c:
             yield c
+    finally:
+        await worker.stop()
+        await broker.stop()
 
 
 async def test_plain_completion_in_openai_shape(client: httpx.AsyncClient) -> None:

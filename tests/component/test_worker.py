@@ -1,22 +1,34 @@
-"""The worker's bus handlers with the in-memory broker and the fake engine."""
+"""The worker's bus handlers with the fake engine, on a real nats-server.
+
+Interactive hand-offs and replies run on raw nats-py (``services.shared.lane``), which
+FastStream's in-memory broker cannot carry; the test drives the worker as ingress would.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import nats
 import pytest
-from faststream.nats import TestNatsBroker
+from nats.aio.client import Client
 
-from contracts.subjects import CANCEL_SUBJECT, USAGE_STREAM, USAGE_SUBJECT, Priority, infer_subject
+from contracts.subjects import CANCEL_SUBJECT, USAGE_SUBJECT, Priority, infer_subject
 from contracts.v1 import REPLY_ADAPTER, CancelRequest, Final, HopAck, TaskEnvelope, UsageEvent
 from services.worker.service import WorkerService
 from services.worker.settings import WorkerSettings
 from tests.support.fakes import FakeEngine
+from tests.support.natsd import NatsServer
 
 pytestmark = pytest.mark.component
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples/v1/task_envelope.json"
+#: A tier of these tests' own, so no other test's worker takes their tasks.
+TIER = "component-worker"
+SUBJECT = infer_subject(TIER, Priority.INTERACTIVE)
 
 
 def envelope(request_id: str, **request: object) -> TaskEnvelope:
@@ -24,26 +36,47 @@ def envelope(request_id: str, **request: object) -> TaskEnvelope:
     raw["request"].update(request)
     raw["request_id"] = request_id
     raw["reply_subject"] = f"test.reply.{request_id}"
+    raw["route"]["tier"] = TIER
     return TaskEnvelope.model_validate(raw)
 
 
-async def run_worker(slots: int, waiting: int, seconds_per_token: float = 0.0):  # type: ignore[no-untyped-def]
-    settings = WorkerSettings(instance_id="w-test", max_num_seqs=slots, max_waiting=waiting,
-                              interactive_reserve=0)
-    service = WorkerService(settings)
-    service.engine = FakeEngine(seconds_per_token=seconds_per_token)
-    replies: list[object] = []
-    usages: list[UsageEvent] = []
+@dataclass
+class Harness:
+    service: WorkerService
+    nc: Client
+    replies: list[object] = field(default_factory=list)
+    usages: list[UsageEvent] = field(default_factory=list)
 
-    @service.broker.subscriber("test.reply.*")
-    async def collect(body: dict[str, object]) -> None:
-        replies.append(REPLY_ADAPTER.validate_python(body))
+    async def hand_off(self, env: TaskEnvelope) -> HopAck:
+        msg = await self.nc.request(SUBJECT, env.model_dump_json().encode(), timeout=5)
+        return HopAck.model_validate_json(msg.data)
 
-    @service.broker.subscriber(USAGE_SUBJECT, stream=USAGE_STREAM.name)
-    async def usage(event: UsageEvent) -> None:
-        usages.append(event)
 
-    return service, replies, usages
+@asynccontextmanager
+async def running_worker(nats_url: str, slots: int, waiting: int,
+                         seconds_per_token: float = 0.0) -> AsyncIterator[Harness]:
+    settings = WorkerSettings(nats_url=nats_url, instance_id="w-test", tier=TIER, max_num_seqs=slots,
+                              max_waiting=waiting, interactive_reserve=0, bulk_enabled=False)
+    service = WorkerService(settings, lambda s: FakeEngine(seconds_per_token=seconds_per_token))
+    nc = await nats.connect(nats_url)
+    harness = Harness(service, nc)
+
+    async def on_reply(msg):  # type: ignore[no-untyped-def]
+        harness.replies.append(REPLY_ADAPTER.validate_json(msg.data))
+
+    async def on_usage(msg):  # type: ignore[no-untyped-def]
+        event = UsageEvent.model_validate_json(msg.data)
+        if event.worker == "w-test":
+            harness.usages.append(event)
+
+    await nc.subscribe("test.reply.*", cb=on_reply)
+    await nc.subscribe(USAGE_SUBJECT, cb=on_usage)
+    await service.start()
+    try:
+        yield harness
+    finally:
+        await service.close()
+        await nc.close()
 
 
 async def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
@@ -53,35 +86,39 @@ async def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-
         await asyncio.sleep(0.01)
 
 
-async def test_accepts_answers_and_reports_usage() -> None:
-    service, replies, usages = await run_worker(slots=2, waiting=0)
-    async with TestNatsBroker(service.broker) as broker:
-        msg = await broker.request(envelope("r1", max_tokens=3), infer_subject("small", Priority.INTERACTIVE))
-        ack = HopAck.model_validate_json(msg.body)
+async def test_accepts_answers_and_reports_usage(nats_server: NatsServer) -> None:
+    async with running_worker(nats_server.url, slots=2, waiting=0) as w:
+        ack = await w.hand_off(envelope("r1", max_tokens=3))
         assert ack.accepted and ack.instance == "w-test"
-        await wait_for(lambda: any(isinstance(r, Final) for r in replies) and usages)
-    kinds = [type(r).__name__ for r in replies]
+        await wait_for(lambda: any(isinstance(r, Final) for r in w.replies) and w.usages)
+    kinds = [type(r).__name__ for r in w.replies]
     assert kinds == ["Accepted", "Chunk", "Chunk", "Chunk", "Final"]
-    assert usages[0].request_id == "r1" and usages[0].completion_tokens == 3
+    assert w.usages[0].request_id == "r1" and w.usages[0].completion_tokens == 3
 
 
-async def test_full_worker_refuses_with_retry() -> None:
-    service, _, _ = await run_worker(slots=1, waiting=0, seconds_per_token=0.2)
-    async with TestNatsBroker(service.broker) as broker:
-        subject = infer_subject("small", Priority.INTERACTIVE)
-        first = HopAck.model_validate_json((await broker.request(envelope("a", max_tokens=5), subject)).body)
-        second = HopAck.model_validate_json((await broker.request(envelope("b", max_tokens=5), subject)).body)
+async def test_full_worker_refuses_with_retry(nats_server: NatsServer) -> None:
+    async with running_worker(nats_server.url, slots=1, waiting=0, seconds_per_token=0.2) as w:
+        first = await w.hand_off(envelope("a", max_tokens=5))
+        second = await w.hand_off(envelope("b", max_tokens=5))
         assert first.accepted
         assert not second.accepted and second.retry and second.reason == "at capacity"
-        await service.close()
 
 
-async def test_cancel_aborts_the_engine_request() -> None:
-    service, _, usages = await run_worker(slots=2, waiting=0, seconds_per_token=0.1)
-    async with TestNatsBroker(service.broker) as broker:
-        await broker.request(envelope("c1", max_tokens=12), infer_subject("small", Priority.INTERACTIVE))
+async def test_a_malformed_task_is_refused_for_good(nats_server: NatsServer) -> None:
+    async with running_worker(nats_server.url, slots=1, waiting=0) as w:
+        msg = await w.nc.request(SUBJECT, b'{"request_id": "m1"}', timeout=5)
+        ack = HopAck.model_validate_json(msg.data)
+        assert not ack.accepted and not ack.retry
+        assert ack.reason is not None and "malformed task envelope" in ack.reason
+        # The worker still takes well-formed work.
+        assert (await w.hand_off(envelope("m2", max_tokens=1))).accepted
+
+
+async def test_cancel_aborts_the_engine_request(nats_server: NatsServer) -> None:
+    async with running_worker(nats_server.url, slots=2, waiting=0, seconds_per_token=0.1) as w:
+        await w.hand_off(envelope("c1", max_tokens=12))
         await asyncio.sleep(0.25)
-        await broker.publish(CancelRequest(request_id="c1"), CANCEL_SUBJECT)
-        await wait_for(lambda: bool(usages))
-    assert usages[0].status == "aborted"
-    assert service.engine.aborted == ["c1"]  # type: ignore[union-attr]
+        await w.nc.publish(CANCEL_SUBJECT, CancelRequest(request_id="c1").model_dump_json().encode())
+        await wait_for(lambda: bool(w.usages))
+        assert w.usages[0].status == "aborted"
+        assert w.service.engine.aborted == ["c1"]  # type: ignore[union-attr]

@@ -56,7 +56,7 @@ async def test_routing_slip_inserts_skips_and_finishes_stages(nats_server: NatsS
             running_ingress(nats_server.url, pipeline=["probe", "probe2", "infer"]) as (ingress, client):
         runners = [StageRunner(ingress.broker, n, "test", recorder(n)) for n in ("probe", "probe2", "probe3")]
         for runner in runners:
-            await runner.subscriber.start()
+            await runner.start()
         try:
             engine = worker.engine
             assert engine is not None
@@ -83,7 +83,7 @@ async def test_a_stage_left_with_nowhere_to_go_answers_an_error(nats_server: Nat
 
     async with running_ingress(nats_server.url, pipeline=["lonely", "infer"]) as (ingress, client):
         runner = StageRunner(ingress.broker, "lonely", "test", drop_infer)
-        await runner.subscriber.start()
+        await runner.start()
         r = await client.post("/v1/chat/completions", json=chat())
         await runner.drain()
     assert r.status_code == 500
