@@ -43,8 +43,10 @@ Cell = tuple[int, int]  # (concurrency, max_tokens)
 
 CONCURRENCIES = (1, 8, 32)
 MAX_TOKENS = (1, 64)
-REQUESTS = {1: 20, 8: 48, 32: 96}
-QUICK_REQUESTS = {1: 4, 8: 8, 32: 32}
+# Requests per cell and round. A p99 means little below ~100 samples (pooled over the rounds), so
+# the cheap one-token cells get more; the c=1 x 64-token cell costs ~2 s a request per engine.
+REQUESTS: dict[Cell, int] = {(1, 1): 100, (1, 64): 30, (8, 1): 96, (8, 64): 48, (32, 1): 192, (32, 64): 96}
+QUICK_REQUESTS: dict[Cell, int] = {(1, 1): 4, (1, 64): 4, (8, 1): 8, (8, 64): 8, (32, 1): 32, (32, 64): 32}
 P99_RATIO_TARGET = 1.10
 OVERHEAD_P99_TARGET_MS = 5.0
 BOTH_UP_MIN_GIB = 14.0  # two engines at ~5 GiB each, and room left for the rest of the machine
@@ -56,7 +58,7 @@ SETTLE_S = 1.5
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Latency through skinflint against vLLM's own OpenAI server (same model and settings).",
-        epilog="A full run takes about 10-20 minutes on 2 cores; --quick about 5.")
+        epilog="A full run takes about 15-25 minutes on 2 cores; --quick about 5.")
     parser.add_argument("--rounds", type=int, default=None,
                         help="repetitions of every cell per engine (default 3; 1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="few requests per cell, one round: a smoke run")
@@ -119,7 +121,7 @@ class OverheadBench:
         idle = [t for t in self.targets if t is not target and t.sessions()]
         before = {t.name: common.session_usage(t.sessions())[0] for t in idle}
         concurrency, max_tokens = cell
-        result = runner.run(common.run_load(client, target.base_url, concurrency, self.requests[concurrency],
+        result = runner.run(common.run_load(client, target.base_url, concurrency, self.requests[cell],
                                             max_tokens))
         for t in idle:
             self.idle_cpu_s[t.name] += common.session_usage(t.sessions())[0] - before[t.name]
