@@ -12,6 +12,7 @@ import logging
 from faststream.middlewares import AckPolicy
 from faststream.nats import JStream, PullSub
 from faststream.nats.annotations import NatsMessage
+from nats.errors import NotJSMessageError
 from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import ConsumerConfig
 from pydantic import ValidationError
@@ -160,12 +161,20 @@ class AccountingService:
             await self.engine.dispose()
 
 
-def _stream_seq(msg: NatsMessage) -> int:
-    return int(msg.raw_message.metadata.sequence.stream)
+def _stream_seq(msg: NatsMessage) -> int | None:
+    """The message's stream sequence, for logs (None for a message that did not come from JetStream)."""
+    try:
+        return int(msg.raw_message.metadata.sequence.stream)
+    except NotJSMessageError:
+        return None
 
 
 def _deliveries(msg: NatsMessage) -> int:
-    return int(msg.raw_message.metadata.num_delivered)
+    """How often JetStream delivered the message so far (1 for one that did not come from it)."""
+    try:
+        return int(msg.raw_message.metadata.num_delivered)
+    except NotJSMessageError:
+        return 1
 
 
 def _summary(exc: ValidationError) -> str:
