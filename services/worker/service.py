@@ -127,6 +127,11 @@ class WorkerService:
         # ingress learns it from an Accepted reply.
         announce = bool(env.marks)
         self._start(env, Priority.INTERACTIVE, queued_at=time.monotonic(), announce=announce)
+        # Let the new task render the prompt and hand it to the engine before the acknowledgement
+        # goes out: sending the ack wakes nats-server and ingress, which, where they share cores
+        # with this process, would otherwise run first and hold up the start of generation.
+        # Nobody waits for the ack but ingress's hop timeout; everybody waits for the answer.
+        await asyncio.sleep(0)
         return HopAck(accepted=True, stage=INFER_STAGE, instance=self.identity.worker_id, holds=True)
 
     def _refusal(self, reason: str, retry: bool = False) -> HopAck:
