@@ -364,14 +364,15 @@ async def one_call(client: httpx.AsyncClient, base_url: str, index: int, max_tok
 
 
 async def run_load(client: httpx.AsyncClient, base_url: str, concurrency: int, requests: int,
-                   max_tokens: int) -> LoadResult:
+                   max_tokens: int, first_index: int = 0) -> LoadResult:
     """A closed loop: ``concurrency`` clients, each sending its next request when one returns,
-    until ``requests`` have been sent. Request i always uses prompt i mod len(PROMPTS)."""
-    counter = itertools.count()
+    until ``requests`` have been sent, numbered from ``first_index``. Request i always uses prompt
+    i mod len(PROMPTS)."""
+    counter = itertools.count(first_index)
     calls: list[Call] = []
 
     async def client_loop() -> None:
-        while (index := next(counter)) < requests:
+        while (index := next(counter)) < first_index + requests:
             calls.append(await one_call(client, base_url, index, max_tokens))
 
     started = time.perf_counter()

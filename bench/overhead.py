@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import math
 import os
 import sys
@@ -47,6 +48,8 @@ MAX_TOKENS = (1, 64)
 # the cheap one-token cells get more; the c=1 x 64-token cell costs ~2 s a request per engine.
 REQUESTS: dict[Cell, int] = {(1, 1): 100, (1, 64): 30, (8, 1): 96, (8, 64): 48, (32, 1): 192, (32, 64): 96}
 QUICK_REQUESTS: dict[Cell, int] = {(1, 1): 4, (1, 64): 4, (8, 1): 8, (8, 64): 8, (32, 1): 32, (32, 64): 32}
+#: With both engines up, each round of a cell is measured in up to this many slices, alternating.
+PARTS = 4
 P99_RATIO_TARGET = 1.10
 OVERHEAD_P99_TARGET_MS = 5.0
 BOTH_UP_MIN_GIB = 14.0  # two engines at ~5 GiB each, and room left for the rest of the machine
@@ -115,14 +118,16 @@ class OverheadBench:
         common.log(f"{target.name} warmed up in {time.monotonic() - t0:.0f} s")
 
     def measure(self, runner: asyncio.Runner, client: httpx.AsyncClient, target: Target, cell: Cell,
-                round_no: int) -> None:
+                round_no: int, part: range | None = None) -> None:
+        """One round of ``cell`` on ``target``, or the requests ``part`` of it."""
         target.check_alive()
         time.sleep(SETTLE_S)
         idle = [t for t in self.targets if t is not target and t.sessions()]
         before = {t.name: common.session_usage(t.sessions())[0] for t in idle}
         concurrency, max_tokens = cell
-        result = runner.run(common.run_load(client, target.base_url, concurrency, self.requests[cell],
-                                            max_tokens))
+        part = part or range(self.requests[cell])
+        result = runner.run(common.run_load(client, target.base_url, concurrency, len(part), max_tokens,
+                                            first_index=part.start))
         for t in idle:
             self.idle_cpu_s[t.name] += common.session_usage(t.sessions())[0] - before[t.name]
             self.idle_wall_s[t.name] += result.wall_s
@@ -167,9 +172,20 @@ class OverheadBench:
             self.warm_up(runner, client, target)
         for round_no in range(self.args.rounds):
             for k, cell in enumerate(self.cells):
-                order = self.targets if (round_no + k) % 2 == 0 else self.targets[::-1]
-                for target in order:
-                    self.measure(runner, client, target, cell, round_no)
+                for j, part in enumerate(self.parts(cell)):
+                    order = self.targets if (round_no + k + j) % 2 == 0 else self.targets[::-1]
+                    for target in order:
+                        self.measure(runner, client, target, cell, round_no, part)
+
+    def parts(self, cell: Cell) -> list[range]:
+        """A round of a cell in up to PARTS slices, measured on the two engines in turn, so that a
+        disturbance of the machine lasting seconds falls on both alike. A slice keeps at least
+        three requests per client, so that the load stays at the cell's concurrency most of the time."""
+        concurrency, _ = cell
+        total = self.requests[cell]
+        n = max(1, min(PARTS, total // (3 * concurrency)))
+        bounds = [total * i // n for i in range(n + 1)]
+        return [range(a, b) for a, b in itertools.pairwise(bounds)]
 
     def _run_one_at_a_time(self, runner: asyncio.Runner, client: httpx.AsyncClient) -> None:
         for round_no in range(self.args.rounds):
