@@ -20,9 +20,10 @@ from typing import Any
 import httpx
 
 try:  # `python -m bench.batching` from the repo root
-    from bench import common
+    from bench import common, targets
 except ModuleNotFoundError:  # `python bench/batching.py`: bench/ itself is on the path
     import common  # type: ignore[no-redef]
+    import targets  # type: ignore[no-redef]
 
 RATIO_TARGET = 5.0
 
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         base_url = args.url
         if base_url is None:
-            target = common.SkinflintTarget(out / "skinflint", common.EngineSettings(max_num_seqs=args.max_num_seqs))
+            target = targets.SkinflintTarget(out / "skinflint", targets.EngineSettings(max_num_seqs=args.max_num_seqs))
             common.log("starting nats-server, a worker and ingress (about a minute)")
             target.start()
             base_url = target.base_url

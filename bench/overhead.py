@@ -35,11 +35,12 @@ from typing import Any
 import httpx
 
 try:  # `python -m bench.overhead` from the repo root
-    from bench import common
+    from bench import common, targets
 except ModuleNotFoundError:  # `python bench/overhead.py`: bench/ itself is on the path
     import common  # type: ignore[no-redef]
+    import targets  # type: ignore[no-redef]
 
-Target = common.SkinflintTarget | common.VllmServeTarget
+Target = targets.SkinflintTarget | targets.VllmServeTarget
 Cell = tuple[int, int]  # (concurrency, max_tokens)
 
 CONCURRENCIES = (1, 8, 32)
@@ -84,9 +85,9 @@ class OverheadBench:
     def __init__(self, args: argparse.Namespace, out: Path) -> None:
         self.args = args
         self.out = out
-        self.settings = common.EngineSettings(max_num_seqs=args.max_num_seqs)
-        self.targets: list[Target] = [common.SkinflintTarget(out / "skinflint", self.settings),
-                                      common.VllmServeTarget(out / "vllm", self.settings)]
+        self.settings = targets.EngineSettings(max_num_seqs=args.max_num_seqs)
+        self.targets: list[Target] = [targets.SkinflintTarget(out / "skinflint", self.settings),
+                                      targets.VllmServeTarget(out / "vllm", self.settings)]
         self.cells: list[Cell] = [(c, m) for c in CONCURRENCIES for m in MAX_TOKENS]
         self.requests = QUICK_REQUESTS if args.quick else REQUESTS
         self.runs: list[dict[str, Any]] = []
@@ -100,7 +101,7 @@ class OverheadBench:
         common.log(f"starting {target.name} (about a minute)")
         t0 = time.monotonic()
         target.start(self.args.start_timeout)
-        _, rss = common.session_usage(target.sessions())
+        _, rss = targets.session_usage(target.sessions())
         took = time.monotonic() - t0
         self.meta["engine_starts"].append({"engine": target.name, "seconds": took, "rss_gib": rss / 1024**3})
         common.log(f"{target.name} is up at {target.base_url} after {took:.0f} s, {rss / 1024**3:.1f} GiB resident")
@@ -123,13 +124,13 @@ class OverheadBench:
         target.check_alive()
         time.sleep(SETTLE_S)
         idle = [t for t in self.targets if t is not target and t.sessions()]
-        before = {t.name: common.session_usage(t.sessions())[0] for t in idle}
+        before = {t.name: targets.session_usage(t.sessions())[0] for t in idle}
         concurrency, max_tokens = cell
         part = part or range(self.requests[cell])
         result = runner.run(common.run_load(client, target.base_url, concurrency, len(part), max_tokens,
                                             first_index=part.start))
         for t in idle:
-            self.idle_cpu_s[t.name] += common.session_usage(t.sessions())[0] - before[t.name]
+            self.idle_cpu_s[t.name] += targets.session_usage(t.sessions())[0] - before[t.name]
             self.idle_wall_s[t.name] += result.wall_s
         self.runs.append({"engine": target.name, "round": round_no, **result.as_dict()})
         self._progress(target.name, round_no, result)
@@ -307,7 +308,7 @@ class OverheadBench:
         rows = self.summary() if complete else []
         self.meta.update(finished=time.time(), complete=complete, loadavg_end=list(os.getloadavg()),
                          idle_cpu_s=dict(self.idle_cpu_s), idle_wall_s=dict(self.idle_wall_s),
-                         engine_config={t.name: common.engine_config_from_log(t.engine_log()) for t in self.targets})
+                         engine_config={t.name: targets.engine_config_from_log(t.engine_log()) for t in self.targets})
         common.save_json(self.out / "results.json", {"meta": self.meta, "summary": rows, "runs": self.runs})
         return rows
 
