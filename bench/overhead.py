@@ -126,7 +126,8 @@ class OverheadBench:
         idle = [t for t in self.targets if t is not target and t.sessions()]
         before = {t.name: targets.session_usage(t.sessions())[0] for t in idle}
         concurrency, max_tokens = cell
-        part = part or range(self.requests[cell])
+        if part is None:
+            part = range(self.requests[cell])
         result = runner.run(common.run_load(client, target.base_url, concurrency, len(part), max_tokens,
                                             first_index=part.start))
         for t in idle:

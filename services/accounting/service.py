@@ -136,10 +136,15 @@ class AccountingService:
             return UNPRICED
 
     # --- Service --------------------------------------------------------------------------
-    async def start(self) -> None:
-        self.engine = make_engine(self.settings.database_url)
-        self.ledger = Ledger(self.engine)
+    async def open_ledger(self) -> AsyncEngine:
+        """Connect to the ledger database and create its tables if they are missing."""
+        self.engine = engine = make_engine(self.settings.database_url)
+        self.ledger = Ledger(engine)
         await self.ledger.create_schema()
+        return engine
+
+    async def start(self) -> None:
+        engine = await self.open_ledger()
         # The stream must exist before the subscriber binds its durable consumer to it.
         await self.broker.connect()
         await ensure_streams(self.broker, (USAGE_STREAM,))
@@ -148,7 +153,7 @@ class AccountingService:
         js = self.broker.connection.jetstream()
         await js.add_consumer(USAGE_STREAM.name, consumer_config(self.settings))
         await self.broker.start()
-        log.info("charging usage from %s into %s", USAGE_STREAM.name, self.engine.url.render_as_string())
+        log.info("charging usage from %s into %s", USAGE_STREAM.name, engine.url.render_as_string())
 
     async def drain(self) -> None:
         # Stop pulling; the events already pulled finish (FastStream waits for them up to the

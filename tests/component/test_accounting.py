@@ -16,7 +16,7 @@ from faststream.nats import TestNatsBroker
 
 from contracts.subjects import USAGE_QUERY_SUBJECT, USAGE_STREAM, USAGE_SUBJECT, Priority
 from contracts.v1 import UsageEvent, UsageQuery, UsageReport
-from services.accounting.ledger import Ledger, make_engine
+from services.accounting.ledger import Ledger
 from services.accounting.service import AccountingService
 from services.accounting.settings import AccountingSettings
 from tests.conftest import ROOT
@@ -31,14 +31,12 @@ async def service(tmp_path: Path) -> AsyncIterator[AccountingService]:
         pricebook_file=str(ROOT / "infra/config/pricebook.yaml"),
     )
     svc = AccountingService(settings)
-    # What start() does, minus the bus: the in-memory broker needs no stream or consumer.
-    svc.engine = make_engine(settings.database_url)
-    svc.ledger = Ledger(svc.engine)
-    await svc.ledger.create_schema()
+    # start() minus the bus: the in-memory broker needs no stream or consumer.
+    await svc.open_ledger()
     try:
         yield svc
     finally:
-        await svc.engine.dispose()
+        await svc.close()
 
 
 def usage(request_id: str, tenant: str = "acme", priority: Priority = Priority.INTERACTIVE,
