@@ -12,6 +12,7 @@ from nats.js.errors import NotFoundError
 from opentelemetry.sdk.trace import TracerProvider
 
 from contracts.subjects import StreamSpec
+from services.shared import natscompat
 from services.shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ def make_broker(
 ) -> NatsBroker:
     """A broker whose every publish and handled message is a span (trace context travels in
     message headers, so one request is one trace across all services)."""
+    natscompat.apply()
     return NatsBroker(
         servers=[s.strip() for s in settings.nats_url.split(",") if s.strip()],
         name=f"skinflint-{service_name}-{settings.instance_id}",
