@@ -15,7 +15,6 @@ own type, the wrapper passes it through untouched.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from typing import Any
 
@@ -38,7 +37,7 @@ def apply() -> None:
             return await original(self, *args, **kwargs)
         except nats.errors.TimeoutError:
             raise
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise nats.errors.TimeoutError from exc
 
     setattr(fetch, _MARK, True)
