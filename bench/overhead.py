@@ -24,8 +24,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
 import math
 import os
+import random
 import sys
 import time
 from collections import defaultdict
@@ -58,6 +60,9 @@ BOTH_UP_MIN_GIB = 14.0  # two engines at ~5 GiB each, and room left for the rest
 # vLLM's worker keeps busy-polling its shared-memory queue for 1 s after its last step
 # (SpinCondition in shm_broadcast.py): wait that out so the engine measured before is idle.
 SETTLE_S = 1.5
+# The p99 ratio's uncertainty: a bootstrap over the slices, each drawn with both engines' requests.
+BOOTSTRAP_DRAWS = 1000
+INTERVAL = 90  # percent
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              f"round; auto picks 'both' with at least {BOTH_UP_MIN_GIB:.0f} GiB available")
     parser.add_argument("--max-num-seqs", type=int, default=32, help="engine slots, on both (default 32)")
     parser.add_argument("--start-timeout", type=float, default=600, help="seconds an engine may take to start")
+    parser.add_argument("--report", type=Path, metavar="RESULTS_JSON",
+                        help="measure nothing: print the tables of an earlier run from its results.json")
     args = parser.parse_args(argv)
     if args.rounds is None:
         args.rounds = 1 if args.quick else 3
@@ -233,9 +240,37 @@ class OverheadBench:
                 _ratio(common.percentile([c.latency_ms for c in self.calls("skinflint", cell, r) if c.ok], 99),
                        common.percentile([c.latency_ms for c in self.calls("vllm", cell, r) if c.ok], 99))
                 for r in range(self.args.rounds)]
+            row["p99_ratio_interval"] = self.p99_ratio_interval(cell)
             row["pairs"] = self._pairs(cell)
             rows.append(row)
         return rows
+
+    def p99_ratio_interval(self, cell: Cell) -> list[float]:
+        """A 90% interval for the cell's p99 ratio, from a paired bootstrap over its slices.
+
+        Noise on a shared machine comes in bursts that last seconds, so requests are not independent
+        draws; a slice (a stretch of requests measured on one engine and at once on the other) is.
+        Each draw takes as many slices as were measured, with replacement, both engines' requests
+        of each, and computes the ratio of the two pooled p99s.
+        """
+        slices: dict[tuple[int, int], dict[str, list[float]]] = defaultdict(dict)
+        for run in self.runs:
+            calls = [c for c in run["calls"] if 200 <= c["status"] < 300]
+            if (run["concurrency"], run["max_tokens"]) != cell or not calls:
+                continue
+            key = (run["round"], min(c["index"] for c in run["calls"]))
+            slices[key][run["engine"]] = [c["latency_ms"] for c in calls]
+        paired = [s for s in slices.values() if len(s) == 2]
+        if len(paired) < 2:
+            return [math.nan, math.nan]
+        rng = random.Random(f"{cell}")  # the same run always prints the same interval
+        ratios = []
+        for _ in range(BOOTSTRAP_DRAWS):
+            drawn = [paired[rng.randrange(len(paired))] for _ in paired]
+            ratios.append(_ratio(common.percentile([x for s in drawn for x in s["skinflint"]], 99),
+                                 common.percentile([x for s in drawn for x in s["vllm"]], 99)))
+        tail = (100 - INTERVAL) / 2
+        return [common.percentile(ratios, tail), common.percentile(ratios, 100 - tail)]
 
     def _pairs(self, cell: Cell) -> dict[str, int]:
         """The same request (round, index) on both engines: did they do the same work?"""
@@ -251,7 +286,8 @@ class OverheadBench:
 
     def report(self, rows: list[dict[str, Any]]) -> str:
         headers = ["conc", "max_tok", "n/engine", "sf p50 ms", "vllm p50 ms", "p50 ratio", "sf p99 ms",
-                   "vllm p99 ms", "p99 ratio", "<=1.10", "in-sf p50 ms", "in-sf p99 ms", "p99 ratio by round"]
+                   "vllm p99 ms", "p99 ratio", f"{INTERVAL}% interval", "<=1.10", "in-sf p50 ms", "in-sf p99 ms",
+                   "p99 ratio by round"]
         body = []
         for row in rows:
             sk, vl = row["skinflint"], row["vllm"]
@@ -259,7 +295,7 @@ class OverheadBench:
                 str(row["concurrency"]), str(row["max_tokens"]), str(sk["requests"]),
                 common.fmt(sk["p50_ms"]), common.fmt(vl["p50_ms"]), common.fmt(row["p50_ratio"], 3),
                 common.fmt(sk["p99_ms"]), common.fmt(vl["p99_ms"]), common.fmt(row["p99_ratio"], 3),
-                _verdict(row["p99_ratio"] <= P99_RATIO_TARGET),
+                _interval(row), _verdict(row["p99_ratio"] <= P99_RATIO_TARGET),
                 common.fmt(row["in_skinflint_p50_ms"], 2), common.fmt(row["in_skinflint_p99_ms"], 2),
                 " ".join(common.fmt(r, 2) for r in row["p99_ratio_by_round"]),
             ])
@@ -268,7 +304,12 @@ class OverheadBench:
         all_ok = all(r["p99_ratio"] <= P99_RATIO_TARGET for r in rows)
         lines.append(f"target: p99 ratio skinflint/vLLM <= {P99_RATIO_TARGET:.2f} in every cell: "
                      f"{_verdict(all_ok)} (worst {common.fmt(worst['p99_ratio'], 3)} at c={worst['concurrency']} "
-                     f"max_tokens={worst['max_tokens']})")
+                     f"max_tokens={worst['max_tokens']}, {INTERVAL}% interval {_interval(worst)})")
+        unclear = [r for r in rows if r["p99_ratio_interval"][0] <= P99_RATIO_TARGET < r["p99_ratio_interval"][1]]
+        if unclear:
+            cells = ", ".join(f"c={r['concurrency']} max_tokens={r['max_tokens']}" for r in unclear)
+            lines.append(f"      {len(unclear)} of {len(rows)} cells have {P99_RATIO_TARGET:.2f} inside their "
+                         f"{INTERVAL}% interval ({cells}): this run cannot tell on which side of it they are")
         c1 = [r for r in rows if r["concurrency"] == 1]
         c1_ok = all(r["in_skinflint_p99_ms"] < OVERHEAD_P99_TARGET_MS for r in c1)
         c1_text = ", ".join(f"max_tokens={r['max_tokens']}: {common.fmt(r['in_skinflint_p99_ms'], 2)} ms" for r in c1)
@@ -319,6 +360,11 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
 
 
+def _interval(row: dict[str, Any]) -> str:
+    low, high = row.get("p99_ratio_interval", [math.nan, math.nan])
+    return f"{common.fmt(low, 2)}-{common.fmt(high, 2)}"
+
+
 def _verdict(ok: bool) -> str:
     return "ok" if ok else "MISS"
 
@@ -356,8 +402,28 @@ def engine_config_notes(meta: dict[str, Any]) -> list[str]:
     return [f"engine settings (from both logs): {sk}"]
 
 
+def report_saved(path: Path) -> int:
+    """Print the tables of an earlier run again (with whatever this version adds to them)."""
+    data = json.loads(path.read_text())
+    meta = data["meta"]
+    args = parse_args([])
+    vars(args).update({k: v for k, v in meta["args"].items() if k in vars(args)})
+    bench = OverheadBench(args, path.parent)
+    bench.runs, bench.meta = data["runs"], meta
+    bench.idle_cpu_s.update(meta.get("idle_cpu_s", {}))
+    bench.idle_wall_s.update(meta.get("idle_wall_s", {}))
+    if not meta.get("complete", True):
+        print(f"{path} holds an incomplete run")
+        return 1
+    print(bench.report(bench.summary()))
+    print("\n".join(engine_config_notes(meta)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report is not None:
+        return report_saved(args.report)
     common.end_on_sigterm()
     out = common.run_dir("overhead")
     bench = OverheadBench(args, out)
