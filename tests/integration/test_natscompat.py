@@ -18,7 +18,6 @@ pytestmark = pytest.mark.integration
 
 async def test_a_starved_fetch_raises_the_nats_timeout(nats_server: NatsServer) -> None:
     natscompat.apply()
-    natscompat.apply()  # idempotent: wrapping twice would still work, but must not stack
     nc = await nats.connect(nats_server.url)
     try:
         js = nc.jetstream()

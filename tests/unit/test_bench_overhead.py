@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench import overhead
+from bench.overhead_results import Results
 
 pytestmark = pytest.mark.unit
 
@@ -22,11 +23,8 @@ def _run(engine: str, round_no: int, first: int, latencies: list[float]) -> dict
             "calls": calls}
 
 
-def _bench(tmp_path: Path, runs: list[dict[str, object]]) -> overhead.OverheadBench:
-    bench = overhead.OverheadBench(overhead.parse_args(["--rounds", "2"]), tmp_path)
-    bench.cells = [(1, 1)]
-    bench.runs = runs
-    return bench
+def _results(runs: list[dict[str, object]]) -> Results:
+    return Results(cells=[(1, 1)], rounds=2, runs=runs)  # type: ignore[arg-type]
 
 
 def _slices(factor: float) -> list[dict[str, object]]:
@@ -40,15 +38,15 @@ def _slices(factor: float) -> list[dict[str, object]]:
     return runs
 
 
-def test_the_interval_brackets_a_uniform_slowdown(tmp_path: Path) -> None:
-    low, high = _bench(tmp_path, _slices(1.2)).p99_ratio_interval((1, 1))
+def test_the_interval_brackets_a_uniform_slowdown() -> None:
+    low, high = _results(_slices(1.2)).p99_ratio_interval((1, 1))
     assert 1.1 < low <= 1.2 + 1e-9
     assert 1.2 - 1e-9 <= high < 1.3
 
 
-def test_slices_measured_on_one_engine_only_give_no_interval(tmp_path: Path) -> None:
+def test_slices_measured_on_one_engine_only_give_no_interval() -> None:
     runs = [r for r in _slices(1.0) if r["engine"] == "skinflint"]
-    assert all(math.isnan(x) for x in _bench(tmp_path, runs).p99_ratio_interval((1, 1)))
+    assert all(math.isnan(x) for x in _results(runs).p99_ratio_interval((1, 1)))
 
 
 def test_a_saved_run_is_reported_again(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
