@@ -1,31 +1,65 @@
-"""A fix for nats-py, applied by every service before it connects.
+"""Fixes for nats-py, applied by every service before it connects.
 
-nats-py 2.15 and 2.16 (``PullSubscription.fetch`` → ``_fetch_n``) raise a bare
-``asyncio.TimeoutError`` instead of ``nats.errors.TimeoutError`` when the fetch deadline runs out
-between its no-wait probe and its lingering request: on a saturated host, for example while vLLM
-loads, a process can miss the whole fetch window. FastStream's pull loop suppresses only nats-py's
-own timeout, so the bare one escapes, and FastStream logs it at ERROR and restarts the consumer
-task: a false alarm on every busy start-up. Upstream: nats-io/nats.py PR #1008 (open as of
-nats-py 2.16.0).
+1. **A flush that returns before the commands it should cover reached the server.** nats-py 2.16
+   (``Client._send_ping``) writes the PING straight to the socket while commands written before
+   it (a ``SUB``, a ``PUB``) still wait in the client's pending buffer for the flusher task. So
+   the PING goes out first, the PONG can come back before the server has seen the ``SUB``, and
+   ``subscribe(); await flush()`` does not guarantee that the subscription is in place: measured
+   here, a request sent from another connection right after it got "no responders" 2 to 13% of the
+   time. A worker announcing itself ready, and tests that start one and send it work, hit this.
+   The fix queues the PING behind the pending commands, so the flusher writes them in order.
 
-The fix re-raises that timeout as ``nats.errors.TimeoutError``, which subclasses
-``asyncio.TimeoutError``: every caller that caught either still catches it. Once nats-py raises its
-own type, the wrapper passes it through untouched.
+2. **A pull fetch that times out with the wrong error.** nats-py 2.15 and 2.16
+   (``PullSubscription.fetch`` → ``_fetch_n``) raise a bare ``asyncio.TimeoutError`` instead of
+   ``nats.errors.TimeoutError`` when the fetch deadline runs out between its no-wait probe and
+   its lingering request: on a saturated host, for example while vLLM loads, a process can miss
+   the whole fetch window. FastStream's pull loop suppresses only nats-py's own timeout, so the
+   bare one escapes, and FastStream logs it at ERROR and restarts the consumer task: a false
+   alarm on every busy start-up. Upstream: nats-io/nats.py PR #1008 (open as of nats-py 2.16.0).
+   The fix re-raises that timeout as ``nats.errors.TimeoutError``, which subclasses
+   ``asyncio.TimeoutError``: every caller that caught either still catches it. Once nats-py
+   raises its own type, the wrapper passes it through untouched.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from typing import Any
 
 import nats.errors
+from nats.aio import client as nats_client
 from nats.js.client import JetStreamContext
 
-_MARK = "_skinflint_timeout_fix"
+_MARK = "_skinflint_fix"
 
 
 def apply() -> None:
-    """Wrap ``PullSubscription.fetch`` once per process (idempotent)."""
+    """Apply both fixes once per process (idempotent)."""
+    _queue_pings_in_order()
+    _fetch_timeout_type()
+
+
+def _queue_pings_in_order() -> None:
+    cls = nats_client.Client
+    if getattr(cls._send_ping, _MARK, False):
+        return
+    ping = nats_client.PING_PROTO
+
+    async def _send_ping(self: Any, future: asyncio.Future[Any] | None = None) -> None:
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+        self._pongs.append(future)
+        # Behind whatever is pending: the PONG then proves the server has read all of it.
+        self._pending.append(ping)
+        self._pending_data_size += len(ping)
+        await self._flush_pending()
+
+    setattr(_send_ping, _MARK, True)
+    cls._send_ping = _send_ping  # type: ignore[method-assign]
+
+
+def _fetch_timeout_type() -> None:
     cls = JetStreamContext.PullSubscription
     original = cls.fetch
     if getattr(original, _MARK, False):
