@@ -47,8 +47,9 @@ MAX_TOKENS = (1, 64)
 CELLS: list[Cell] = [(c, m) for c in CONCURRENCIES for m in MAX_TOKENS]
 # Requests per cell and round. A p99 means little below ~100 samples (pooled over the rounds), and
 # over a few hundred it still rests on the handful of slowest requests, so the cheap one-token cells
-# get many more; the c=1 x 64-token cell costs ~1-2 s a request per engine.
-REQUESTS: dict[Cell, int] = {(1, 1): 200, (1, 64): 30, (8, 1): 192, (8, 64): 48, (32, 1): 384, (32, 64): 96}
+# get many more; the c=1 x 64-token cell costs ~1-2 s a request per engine, and still gets 60 a round
+# (360 over six rounds), so its p99 is not simply its slowest request or two.
+REQUESTS: dict[Cell, int] = {(1, 1): 200, (1, 64): 60, (8, 1): 192, (8, 64): 48, (32, 1): 384, (32, 64): 96}
 QUICK_REQUESTS: dict[Cell, int] = {(1, 1): 4, (1, 64): 4, (8, 1): 8, (8, 64): 8, (32, 1): 32, (32, 64): 32}
 #: With both engines up, each round of a cell is measured in up to this many slices, alternating.
 PARTS = 4
