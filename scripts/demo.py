@@ -13,8 +13,27 @@ KEY = os.environ.get("SF_API_KEY", "sk-skinflint-demo")
 QUESTIONS = ["What is the capital of France?", "Name three primary colours.", "What is 12 times 12?"]
 
 
+def wait_for_ledger(since: float, expected: int, timeout_s: float = 15.0) -> int:
+    """Wait until accounting has charged ``expected`` requests made after ``since``.
+
+    Usage events reach the ledger asynchronously (within about a second when traffic is light):
+    the answer does not wait for its charge. Returns how many were charged when the wait ended.
+    """
+    deadline = time.monotonic() + timeout_s
+    charged = 0
+    while True:
+        reply = httpx.get(f"{BASE}/usage", params={"since": since},
+                          headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+        if reply.status_code == 200:
+            charged = sum(row["requests"] for row in reply.json()["rows"])
+        if charged >= expected or time.monotonic() > deadline:
+            return charged
+        time.sleep(0.25)
+
+
 def main() -> None:
     client = OpenAI(base_url=BASE, api_key=KEY)
+    since = time.time()
     for question in QUESTIONS:
         started = time.perf_counter()
         reply = client.chat.completions.create(
@@ -33,7 +52,10 @@ def main() -> None:
         if chunk.choices and chunk.choices[0].delta.content:
             print(chunk.choices[0].delta.content, end="", flush=True)
     print("\n")
-    time.sleep(1.0)  # usage events are settled asynchronously
+    sent = len(QUESTIONS) + 1
+    charged = wait_for_ledger(since, sent)
+    if charged < sent:
+        print(f"(accounting has charged {charged} of these {sent} requests so far; is it running?)\n")
     table = httpx.get(f"{BASE}/usage", params={"format": "table"},
                       headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
     print(table.text)

@@ -29,7 +29,9 @@ class AccountingSettings(ServiceSettings):
         default=64, ge=1, description="Usage events pulled at once and written concurrently."
     )
     fetch_timeout_s: float = Field(
-        default=5.0, gt=0, description="How long one pull waits for new usage events."
+        default=1.0, gt=0,
+        description="How long one pull waits for a full batch of usage events; when traffic is light, "
+                    "an event reaches the ledger within about this long.",
     )
     ack_wait_s: float = Field(
         default=30.0, gt=1, description="An event not acknowledged this long is redelivered."
