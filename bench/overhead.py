@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
 import os
 import sys
 import time
@@ -34,17 +35,15 @@ import httpx
 
 try:  # `python -m bench.overhead` from the repo root
     from bench import common, targets
-    from bench.overhead_results import Cell, Results, engine_config_notes, plot
+    from bench.overhead_results import ALL_CELLS, Cell, Results, engine_config_notes, plot
 except ModuleNotFoundError:  # `python bench/overhead.py`: bench/ itself is on the path
     import common  # type: ignore[no-redef]
     import targets  # type: ignore[no-redef]
-    from overhead_results import Cell, Results, engine_config_notes, plot  # type: ignore[no-redef]
+    from overhead_results import ALL_CELLS, Cell, Results, engine_config_notes, plot  # type: ignore[no-redef]
 
 Target = targets.SkinflintTarget | targets.VllmServeTarget
 
-CONCURRENCIES = (1, 8, 32)
-MAX_TOKENS = (1, 64)
-CELLS: list[Cell] = [(c, m) for c in CONCURRENCIES for m in MAX_TOKENS]
+CELLS = ALL_CELLS
 # Requests per cell and round. A p99 means little below ~100 samples (pooled over the rounds), and
 # over a few hundred it still rests on the handful of slowest requests, so the cheap one-token cells
 # get many more; the c=1 x 64-token cell costs ~1-2 s a request per engine, and still gets 60 a round
@@ -71,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              f"round; auto picks 'both' with at least {BOTH_UP_MIN_GIB:.0f} GiB available")
     parser.add_argument("--max-num-seqs", type=int, default=32, help="engine slots, on both (default 32)")
     parser.add_argument("--start-timeout", type=float, default=600, help="seconds an engine may take to start")
+    parser.add_argument("--cells", type=parse_cells, default=None, metavar="CxM,...",
+                        help="measure only these cells, as concurrency x max_tokens (e.g. 1x1,8x1,32x1); "
+                             "the targets are then judged on those cells only")
     parser.add_argument("--report", type=Path, metavar="RESULTS_JSON",
                         help="measure nothing: print the tables of an earlier run from its results.json")
     args = parser.parse_args(argv)
@@ -82,6 +84,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def parse_cells(text: str) -> list[Cell]:
+    """``"1x1,8x64"`` -> ``[(1, 1), (8, 64)]``, in the bench's own order; only cells it knows."""
+    wanted = set()
+    for item in text.split(","):
+        conc, sep, tokens = item.strip().lower().partition("x")
+        if not sep or not conc.isdigit() or not tokens.isdigit():
+            raise argparse.ArgumentTypeError(f"{item!r} is not CONCURRENCYxMAX_TOKENS, e.g. 8x64")
+        cell = (int(conc), int(tokens))
+        if cell not in CELLS:
+            raise argparse.ArgumentTypeError(f"{item!r} is not one of the bench's cells: "
+                                             + ",".join(f"{c}x{m}" for c, m in CELLS))
+        wanted.add(cell)
+    return [cell for cell in CELLS if cell in wanted]
+
+
 class OverheadBench:
     """Runs the cells on both targets and keeps every call, then summarises."""
 
@@ -91,7 +108,7 @@ class OverheadBench:
         self.settings = targets.EngineSettings(max_num_seqs=args.max_num_seqs)
         self.targets: list[Target] = [targets.SkinflintTarget(out / "skinflint", self.settings),
                                       targets.VllmServeTarget(out / "vllm", self.settings)]
-        self.cells: list[Cell] = list(CELLS)
+        self.cells: list[Cell] = args.cells or list(CELLS)
         self.requests = QUICK_REQUESTS if args.quick else REQUESTS
         self.results = Results(self.cells, args.rounds)
         self.meta: dict[str, Any] = {"args": vars(args), "settings": vars(self.settings), "started": time.time(),
@@ -212,9 +229,16 @@ class OverheadBench:
         return rows
 
 
+def meta_cells(path: Path) -> list[Cell]:
+    """The cells a saved run measured (every cell, for runs from before ``--cells``)."""
+    saved = json.loads(path.read_text())["meta"]["args"].get("cells")
+    return [(int(c), int(m)) for c, m in saved] if saved else list(CELLS)
+
+
 def report_saved(path: Path) -> int:
     """Print the tables of an earlier run again (with whatever this version adds to them)."""
-    results, meta = Results.load(path, CELLS)
+    measured = meta_cells(path)
+    results, meta = Results.load(path, measured)
     if not meta.get("complete", True):
         print(f"{path} holds an incomplete run")
         return 1

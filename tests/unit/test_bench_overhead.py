@@ -58,3 +58,23 @@ def test_a_saved_run_is_reported_again(tmp_path: Path, capsys: pytest.CaptureFix
     out = capsys.readouterr().out
     assert "p99 ratio skinflint/vLLM <= 1.10 in every cell: MISS" in out
     assert "1.500" in out  # the p99 ratio of a uniform 1.5x slowdown
+
+
+def test_cells_are_chosen_by_concurrency_and_max_tokens() -> None:
+    assert overhead.parse_args(["--cells", "32x1, 1x1"]).cells == [(1, 1), (32, 1)]
+    assert overhead.parse_args([]).cells is None  # every cell
+    for bad in ("2x1", "1x2", "1-1", "x1", ""):
+        with pytest.raises(SystemExit):
+            overhead.parse_args(["--cells", bad])
+
+
+def test_a_partial_run_is_judged_on_its_cells_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "results.json"
+    meta = {"args": {"rounds": 2, "quick": False, "cells": [[1, 1]]}, "complete": True,
+            "idle_cpu_s": {}, "idle_wall_s": {}, "engine_config": {}}
+    path.write_text(json.dumps({"meta": meta, "summary": [], "runs": _slices(1.0)}))
+    assert overhead.report_saved(path) == 0
+    out = capsys.readouterr().out
+    assert "in every cell: ok" in out
+    assert "partial run: not measured c=1 max_tokens=64, c=8 max_tokens=1" in out
+    assert "max_tokens=64: " not in out  # the c=1 verdict names only the measured cell
