@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import os
 import sys
 import time
@@ -43,7 +42,6 @@ except ModuleNotFoundError:  # `python bench/overhead.py`: bench/ itself is on t
 
 Target = targets.SkinflintTarget | targets.VllmServeTarget
 
-CELLS = ALL_CELLS
 # Requests per cell and round. A p99 means little below ~100 samples (pooled over the rounds), and
 # over a few hundred it still rests on the handful of slowest requests, so the cheap one-token cells
 # get many more; the c=1 x 64-token cell costs ~1-2 s a request per engine, and still gets 60 a round
@@ -92,11 +90,11 @@ def parse_cells(text: str) -> list[Cell]:
         if not sep or not conc.isdigit() or not tokens.isdigit():
             raise argparse.ArgumentTypeError(f"{item!r} is not CONCURRENCYxMAX_TOKENS, e.g. 8x64")
         cell = (int(conc), int(tokens))
-        if cell not in CELLS:
+        if cell not in ALL_CELLS:
             raise argparse.ArgumentTypeError(f"{item!r} is not one of the bench's cells: "
-                                             + ",".join(f"{c}x{m}" for c, m in CELLS))
+                                             + ",".join(f"{c}x{m}" for c, m in ALL_CELLS))
         wanted.add(cell)
-    return [cell for cell in CELLS if cell in wanted]
+    return [cell for cell in ALL_CELLS if cell in wanted]
 
 
 class OverheadBench:
@@ -108,7 +106,7 @@ class OverheadBench:
         self.settings = targets.EngineSettings(max_num_seqs=args.max_num_seqs)
         self.targets: list[Target] = [targets.SkinflintTarget(out / "skinflint", self.settings),
                                       targets.VllmServeTarget(out / "vllm", self.settings)]
-        self.cells: list[Cell] = args.cells or list(CELLS)
+        self.cells: list[Cell] = args.cells or list(ALL_CELLS)
         self.requests = QUICK_REQUESTS if args.quick else REQUESTS
         self.results = Results(self.cells, args.rounds)
         self.meta: dict[str, Any] = {"args": vars(args), "settings": vars(self.settings), "started": time.time(),
@@ -229,16 +227,9 @@ class OverheadBench:
         return rows
 
 
-def meta_cells(path: Path) -> list[Cell]:
-    """The cells a saved run measured (every cell, for runs from before ``--cells``)."""
-    saved = json.loads(path.read_text())["meta"]["args"].get("cells")
-    return [(int(c), int(m)) for c, m in saved] if saved else list(CELLS)
-
-
 def report_saved(path: Path) -> int:
     """Print the tables of an earlier run again (with whatever this version adds to them)."""
-    measured = meta_cells(path)
-    results, meta = Results.load(path, measured)
+    results, meta = Results.load(path)
     if not meta.get("complete", True):
         print(f"{path} holds an incomplete run")
         return 1

@@ -41,14 +41,18 @@ class Results:
     idle_wall_s: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     @classmethod
-    def load(cls, path: Path, cells: list[Cell]) -> tuple[Results, dict[str, Any]]:
-        """The results and the meta data of a saved run (``results.json``)."""
+    def load(cls, path: Path) -> tuple[Results, dict[str, Any]]:
+        """The results and the meta data of a saved run (``results.json``), over the cells it
+        measured (every cell, for runs from before ``--cells``)."""
         data = json.loads(path.read_text())
         meta = data["meta"]
+        saved = meta["args"].get("cells")
+        cells = [(int(c), int(m)) for c, m in saved] if saved else list(ALL_CELLS)
         results = cls(cells, int(meta["args"]["rounds"]), data["runs"])
         results.idle_cpu_s.update(meta.get("idle_cpu_s", {}))
         results.idle_wall_s.update(meta.get("idle_wall_s", {}))
         return results, meta
+
     def calls(self, engine: str, cell: Cell, round_no: int | None = None) -> list[common.Call]:
         found = []
         for run in self.runs:
