@@ -13,6 +13,10 @@ KEY = os.environ.get("SF_API_KEY", "sk-skinflint-demo")
 QUESTIONS = ["What is the capital of France?", "Name three primary colours.", "What is 12 times 12?"]
 
 
+def get_usage(**params: str | float) -> httpx.Response:
+    return httpx.get(f"{BASE}/usage", params=params, headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+
+
 def wait_for_ledger(since: float, expected: int, timeout_s: float = 15.0) -> int:
     """Wait until accounting has charged ``expected`` requests made after ``since``.
 
@@ -22,8 +26,7 @@ def wait_for_ledger(since: float, expected: int, timeout_s: float = 15.0) -> int
     deadline = time.monotonic() + timeout_s
     charged = 0
     while True:
-        reply = httpx.get(f"{BASE}/usage", params={"since": since},
-                          headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+        reply = get_usage(since=since)
         if reply.status_code == 200:
             charged = sum(row["requests"] for row in reply.json()["rows"])
         if charged >= expected or time.monotonic() > deadline:
@@ -56,9 +59,7 @@ def main() -> None:
     charged = wait_for_ledger(since, sent)
     if charged < sent:
         print(f"(accounting has charged {charged} of these {sent} requests so far; is it running?)\n")
-    table = httpx.get(f"{BASE}/usage", params={"format": "table"},
-                      headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
-    print(table.text)
+    print(get_usage(format="table").text)
 
 
 if __name__ == "__main__":
