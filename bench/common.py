@@ -95,6 +95,8 @@ class Call:
     engine_ms: float | None = None
     text_sha1: str | None = None
     error: str | None = None
+    #: skinflint only: its own time per phase of the path (``x-skinflint-phases-ms``)
+    phases_ms: dict[str, float] | None = None
 
     @property
     def ok(self) -> bool:
@@ -142,6 +144,13 @@ def _header_ms(response: httpx.Response, name: str) -> float | None:
     return None if value is None else float(value)
 
 
+def parse_phases(value: str | None) -> dict[str, float] | None:
+    """``ingress_in=0.512,to_worker=1.020,...`` as a dict; None without the header."""
+    if not value:
+        return None
+    return {name: float(ms) for name, ms in (part.split("=", 1) for part in value.split(","))}
+
+
 async def one_call(client: httpx.AsyncClient, base_url: str, index: int, max_tokens: int) -> Call:
     prompt = index % len(PROMPTS)
     started = time.perf_counter()
@@ -159,7 +168,8 @@ async def one_call(client: httpx.AsyncClient, base_url: str, index: int, max_tok
     text = body["choices"][0]["message"].get("content") or ""
     return Call(index, prompt, 200, latency_ms, usage.get("prompt_tokens"), usage.get("completion_tokens"),
                 _header_ms(response, "x-skinflint-overhead-ms"), _header_ms(response, "x-skinflint-engine-ms"),
-                hashlib.sha1(text.encode()).hexdigest()[:12])
+                hashlib.sha1(text.encode()).hexdigest()[:12],
+                phases_ms=parse_phases(response.headers.get("x-skinflint-phases-ms")))
 
 
 async def run_load(client: httpx.AsyncClient, base_url: str, concurrency: int, requests: int,

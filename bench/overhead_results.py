@@ -78,6 +78,8 @@ class Results:
             over = [c.overhead_ms for c in self.calls("skinflint", cell) if c.ok and c.overhead_ms is not None]
             row["in_skinflint_p50_ms"] = common.percentile(over, 50)
             row["in_skinflint_p99_ms"] = common.percentile(over, 99)
+            row["in_skinflint_slice_start"] = self._slice_starts(cell)
+            row["phases_ms"] = self._phases(cell)
             row["p50_ratio"] = _ratio(row["skinflint"]["p50_ms"], row["vllm"]["p50_ms"])
             row["p99_ratio"] = _ratio(row["skinflint"]["p99_ms"], row["vllm"]["p99_ms"])
             row["p99_ratio_by_round"] = [
@@ -115,6 +117,29 @@ class Results:
                                  common.percentile([x for s in drawn for x in s["vllm"]], 99)))
         tail = (100 - INTERVAL) / 2
         return [common.percentile(ratios, tail), common.percentile(ratios, 100 - tail)]
+
+    def _slice_starts(self, cell: Cell) -> dict[str, float]:
+        """In-skinflint time of each slice's first request (the first after the other engine's
+        turn, with every cache cold) against the rest of the cell's requests."""
+        first, rest = [], []
+        for run in self.runs:
+            if run["engine"] != "skinflint" or (run["concurrency"], run["max_tokens"]) != cell:
+                continue
+            calls = sorted((common.Call(**c) for c in run["calls"]), key=lambda c: c.index)
+            over = [c.overhead_ms if c.ok else None for c in calls]
+            first += [ms for ms in over[:1] if ms is not None]
+            rest += [ms for ms in over[1:] if ms is not None]
+        return {"first_n": len(first), "first_p50_ms": common.percentile(first, 50),
+                "first_max_ms": max(first, default=math.nan), "rest_p50_ms": common.percentile(rest, 50),
+                "rest_p99_ms": common.percentile(rest, 99)}
+
+    def _phases(self, cell: Cell) -> dict[str, list[float]]:
+        """p50 and p99 of each phase of skinflint's own time (from runs that recorded them)."""
+        per_phase: dict[str, list[float]] = defaultdict(list)
+        for call in self.calls("skinflint", cell):
+            for name, ms in (call.phases_ms or {}).items() if call.ok else ():
+                per_phase[name].append(ms)
+        return {name: [common.percentile(v, 50), common.percentile(v, 99)] for name, v in per_phase.items()}
 
     def _pairs(self, cell: Cell) -> dict[str, int]:
         """The same request (round, index) on both engines: did they do the same work?"""
@@ -159,11 +184,13 @@ class Results:
         c1_text = ", ".join(f"max_tokens={r['max_tokens']}: {common.fmt(r['in_skinflint_p99_ms'], 2)} ms" for r in c1)
         lines.append(f"target: in-skinflint p99 < {OVERHEAD_P99_TARGET_MS:.0f} ms at concurrency 1: "
                      f"{_verdict(c1_ok)} ({c1_text})")
+        lines += _slice_start_lines(c1)
         skipped = [c for c in ALL_CELLS if c not in self.cells]
         if skipped:
             lines.append("partial run: not measured " + ", ".join(f"c={c} max_tokens={m}" for c, m in skipped)
                          + "; the verdicts above cover the measured cells only")
         lines += self._checks(rows)
+        lines += _phase_table(c1)
         return "\n".join(lines)
 
     def _checks(self, rows: list[dict[str, Any]]) -> list[str]:
@@ -193,6 +220,35 @@ class Results:
             lines.append(f"info: {name} used {cpu:.1f} CPU-s while idle during {wall:.0f} s of the other's "
                          f"load ({100 * cpu / wall if wall else 0:.1f}% of one core)")
         return lines
+
+
+def _slice_start_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for row in rows:
+        s = row.get("in_skinflint_slice_start")
+        if s and s["first_n"]:
+            lines.append(
+                f"      max_tokens={row['max_tokens']}: the {s['first_n']} slices' first requests (after the other "
+                f"engine's turn) took {common.fmt(s['first_p50_ms'], 2)} ms in skinflint at p50, "
+                f"{common.fmt(s['first_max_ms'], 2)} at most; the rest {common.fmt(s['rest_p50_ms'], 2)} / "
+                f"{common.fmt(s['rest_p99_ms'], 2)} ms at p50 / p99")
+    return lines
+
+
+def _phase_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Where skinflint's own time goes at concurrency 1: p50 / p99 of each phase, in ms."""
+    names = list(dict.fromkeys(name for row in rows for name in row.get("phases_ms", {})))
+    if not names:
+        return []
+    body = [[str(row["max_tokens"]),
+             *(" / ".join(common.fmt(v, 2) for v in row["phases_ms"].get(name, [math.nan, math.nan]))
+               for name in names),
+             f"{common.fmt(row['in_skinflint_p50_ms'], 2)} / {common.fmt(row['in_skinflint_p99_ms'], 2)}"]
+            for row in rows]
+    return ["", "where skinflint's own time goes at concurrency 1, p50 / p99 ms per phase (ingress_in: until the "
+            "hand-off; to_worker / to_ingress: the bus crossings; worker_in / worker_out: the worker around the "
+            "engine; ingress_out: until the answer is ready)",
+            common.table(["max_tok", *names, "in-skinflint"], body)]
 
 
 def _ratio(a: float, b: float) -> float:

@@ -11,7 +11,7 @@ from contracts.v1.events import (
     UsageRow,
     WorkerHeartbeat,
 )
-from contracts.v1.replies import REPLY_ADAPTER, Accepted, Chunk, ErrorReply, Final, Reply, TokenUsage
+from contracts.v1.replies import REPLY_ADAPTER, Accepted, Chunk, ErrorReply, Final, PathTimings, Reply, TokenUsage
 
 __all__ = [
     "REPLY_ADAPTER",
@@ -23,6 +23,7 @@ __all__ = [
     "ErrorReply",
     "Final",
     "HopAck",
+    "PathTimings",
     "Reply",
     "Route",
     "StageMark",

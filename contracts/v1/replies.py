@@ -34,6 +34,22 @@ class Chunk(WireModel):
     delta: str = Field(description="New text since the previous chunk.")
 
 
+class PathTimings(WireModel):
+    """Wall-clock marks (Unix seconds) along one answer's path: where skinflint's own time goes.
+
+    The worker that answers sets the middle four. The ingress that receives the final answer adds
+    ``handed_off_at`` and ``received_at`` on its side; a worker never sends those. Differences
+    between marks set by different hosts include their clock offset: read them on one host.
+    """
+
+    handed_off_at: float | None = Field(default=None, description="Ingress handed the task to the bus.")
+    arrived_at: float | None = Field(default=None, description="The worker received the task.")
+    engine_started_at: float | None = Field(default=None, description="The prompt went into the engine.")
+    engine_finished_at: float | None = Field(default=None, description="The engine's last output came.")
+    sent_at: float | None = Field(default=None, description="The worker sent the final answer.")
+    received_at: float | None = Field(default=None, description="Ingress received the final answer.")
+
+
 class Final(WireModel):
     kind: Literal["final"] = "final"
     request_id: str = Field(description="The request this is about.")
@@ -45,6 +61,7 @@ class Final(WireModel):
     served_by: str = Field(description="Replica that produced the answer.")
     queue_seconds: float = Field(default=0.0, description="Time waiting for a worker slot.")
     engine_seconds: float = Field(default=0.0, description="Time inside the engine (incl. its queue).")
+    timings: PathTimings | None = Field(default=None, description="Marks along the path, for diagnostics.")
 
 
 class ErrorReply(WireModel):

@@ -23,6 +23,7 @@ from contracts.v1 import (
     Chunk,
     ErrorReply,
     Final,
+    PathTimings,
     TaskEnvelope,
     WorkerHeartbeat,
 )
@@ -61,6 +62,35 @@ class Inflight:
     queue: asyncio.Queue[Chunk | Final | ErrorReply] = field(default_factory=asyncio.Queue)
     holder: str | None = None
     holder_since: float = 0.0
+    handed_off_at: float | None = None
+
+
+#: The phases of skinflint's own time on one answer's path, as (name, from mark, to mark).
+PHASES = (
+    ("ingress_in", "request_at", "handed_off_at"),
+    ("to_worker", "handed_off_at", "arrived_at"),
+    ("worker_in", "arrived_at", "engine_started_at"),
+    ("worker_out", "engine_finished_at", "sent_at"),
+    ("to_ingress", "sent_at", "received_at"),
+    ("ingress_out", "received_at", "response_at"),
+)
+
+
+def phases_ms(timings: PathTimings | None, request_at: float, response_at: float) -> dict[str, float]:
+    """Milliseconds spent in each phase of ``PHASES`` whose two marks are known.
+
+    ``request_at`` and ``response_at`` are the ingress's own marks (Unix time) for the request's
+    arrival and its answer being ready. Together with the engine's time and the client's upload,
+    the phases add up to the request's whole time in the ingress.
+    """
+    marks: dict[str, float | None] = {"request_at": request_at, "response_at": response_at,
+                                      **(timings.model_dump() if timings is not None else {})}
+    spans: dict[str, float] = {}
+    for name, start, end in PHASES:
+        begin, finish = marks.get(start), marks.get(end)
+        if begin is not None and finish is not None:
+            spans[name] = (finish - begin) * 1000
+    return spans
 
 
 class Dispatcher:
@@ -100,8 +130,12 @@ class Dispatcher:
             return  # the client gave up already
         if isinstance(reply, Accepted):
             entry.holder, entry.holder_since = reply.instance, time.monotonic()
-        else:
-            entry.queue.put_nowait(reply)
+            return
+        if isinstance(reply, Final):
+            timings = reply.timings or PathTimings()
+            timings.handed_off_at, timings.received_at = entry.handed_off_at, time.time()
+            reply.timings = timings
+        entry.queue.put_nowait(reply)
 
     @property
     def inflight(self) -> int:
@@ -113,6 +147,7 @@ class Dispatcher:
         deadline = time.monotonic() + timeout_s
         finished = False
         try:
+            entry.handed_off_at = time.time()
             ack = await self.hop.send(env)
             if ack.holds:
                 # The first stage itself holds the task for long (inference): watch its heartbeats.

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from contracts.subjects import USAGE_QUERY_SUBJECT
 from contracts.v1 import ChatRequest, Chunk, Final, UsageQuery, UsageReport
 from services.ingress import openai_format as fmt
+from services.ingress.dispatch import phases_ms
 from services.ingress.gateway import (
     Gateway,
     decode_json,
@@ -160,9 +161,13 @@ def create_http_app(gateway: Gateway) -> FastAPI:
         await replies.aclose()  # releases the tenant's slot now
         total_ms = (time.perf_counter() - request.state.t0) * 1000
         engine_ms = final.engine_seconds * 1000
+        # The phases start after the client's upload, as the overhead does.
+        response_at = time.time()
+        phases = phases_ms(final.timings, response_at - (total_ms - client_ms) / 1000, response_at)
         return JSONResponse(fmt.completion(request_id, created, final), headers={
             "x-skinflint-engine-ms": f"{engine_ms:.3f}",
             "x-skinflint-overhead-ms": f"{max(0.0, total_ms - engine_ms - client_ms):.3f}",
+            "x-skinflint-phases-ms": ",".join(f"{name}={ms:.3f}" for name, ms in phases.items()),
             "x-skinflint-served-by": final.served_by,
         })
 

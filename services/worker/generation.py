@@ -17,6 +17,7 @@ from contracts.v1 import (
     Chunk,
     ErrorReply,
     Final,
+    PathTimings,
     TaskEnvelope,
     TokenUsage,
     UsageEvent,
@@ -109,6 +110,8 @@ async def answer(env: TaskEnvelope, engine: Engine, sink: ReplySink, who: Worker
         return error
 
     started = time.monotonic()
+    timings = PathTimings(arrived_at=env.marks[-1].arrived_at if env.marks else None,
+                          engine_started_at=time.time())
     last: EngineStep | None = None
     parts: list[str] = []
     status = "error"
@@ -120,8 +123,11 @@ async def answer(env: TaskEnvelope, engine: Engine, sink: ReplySink, who: Worker
                     await sink.reply(env, Chunk(request_id=env.request_id, seq=len(parts), delta=step.delta))
                 parts.append(step.delta)
         status = "ok"
+        timings.engine_finished_at = time.time()
         final = _final(env, who, "".join(parts), last, len(prompt), queue_seconds,
                        time.monotonic() - started)
+        final.timings = timings
+        timings.sent_at = time.time()
         # The answer goes out first; the usage event (a JetStream round trip) is off the
         # client's critical path but still published before this task counts as done.
         await sink.reply(env, final)

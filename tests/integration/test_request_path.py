@@ -88,3 +88,16 @@ async def test_a_stage_left_with_nowhere_to_go_answers_an_error(nats_server: Nat
         await runner.drain()
     assert r.status_code == 500
     assert "nowhere left to go" in r.json()["error"]["message"]
+
+
+async def test_a_plain_answer_says_where_skinflints_own_time_went(nats_server: NatsServer) -> None:
+    async with running_worker(nats_server.url), running_ingress(nats_server.url) as (_, client):
+        r = await client.post("/v1/chat/completions", json=chat(max_tokens=4))
+    assert r.status_code == 200, r.text
+    phases = dict(part.split("=") for part in r.headers["x-skinflint-phases-ms"].split(","))
+    assert list(phases) == ["ingress_in", "to_worker", "worker_in", "worker_out", "to_ingress", "ingress_out"]
+    spent = {name: float(ms) for name, ms in phases.items()}
+    assert all(ms >= 0 for ms in spent.values()), spent
+    # The phases are what the overhead header sums up (one host: the clocks agree); the only gaps
+    # are the moments between reading a clock and the next mark.
+    assert sum(spent.values()) == pytest.approx(float(r.headers["x-skinflint-overhead-ms"]), abs=1.0)
