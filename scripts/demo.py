@@ -10,7 +10,7 @@ from openai import OpenAI
 
 BASE = os.environ.get("SF_BASE_URL", f"http://127.0.0.1:{os.environ.get('SF_PORT', '8000')}/v1")
 KEY = os.environ.get("SF_API_KEY", "sk-skinflint-demo")
-QUESTIONS = ["What is the capital of France?", "Name three primary colours.", "What is 12 times 12?"]
+QUESTIONS = ["Name the capital city of France.", "Name three primary colours.", "What is 12 times 12?"]
 
 
 def get_usage(**params: str | float) -> httpx.Response:

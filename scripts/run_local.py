@@ -20,7 +20,7 @@ BANNER = """
     Try             : curl -s http://127.0.0.1:{port}/v1/chat/completions \\
                         -H 'Authorization: Bearer sk-skinflint-demo' -H 'Content-Type: application/json' \\
                         -d '{{"model":"smollm2-135m",
-                             "messages":[{{"role":"user","content":"What is the capital of France?"}}]}}'
+                             "messages":[{{"role":"user","content":"Name the capital city of France."}}]}}'
     Demo            : make demo
     Usage table     : curl -s 'http://127.0.0.1:{port}/v1/usage?format=table' \\
                         -H 'Authorization: Bearer sk-skinflint-demo'

@@ -24,7 +24,10 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "sk-skinflint-demo"
 MODEL = "smollm2-135m"
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+# Greedy decoding of a 135M model follows the kernels' rounding: "What is the capital of France?"
+# is answered "The capital of France is Paris." in float32 (AVX2 hosts) but "L'Étoile, la
+# Marseillaise, ..." in bfloat16 on AMX. This wording gets the same answer on both paths.
+QUESTION = [{"role": "user", "content": "Name the capital city of France."}]
 
 
 def client(live: LiveSystem) -> OpenAI:
