@@ -8,6 +8,7 @@ import json
 import math
 import random
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,12 +54,17 @@ class Results:
         results.idle_wall_s.update(meta.get("idle_wall_s", {}))
         return results, meta
 
+    def slices(self, cell: Cell, engine: str | None = None) -> Iterator[tuple[dict[str, Any], list[common.Call]]]:
+        """Every measured slice of ``cell`` (on ``engine``, or on both), with its calls."""
+        for run in self.runs:
+            if (run["concurrency"], run["max_tokens"]) == cell and engine in (None, run["engine"]):
+                yield run, [common.Call(**c) for c in run["calls"]]
+
     def calls(self, engine: str, cell: Cell, round_no: int | None = None) -> list[common.Call]:
         found = []
-        for run in self.runs:
-            if run["engine"] == engine and (run["concurrency"], run["max_tokens"]) == cell and (
-                    round_no is None or run["round"] == round_no):
-                found += [common.Call(**c) for c in run["calls"]]
+        for run, calls in self.slices(cell, engine):
+            if round_no is None or run["round"] == round_no:
+                found += calls
         return found
 
     def summary(self) -> list[dict[str, Any]]:
@@ -100,10 +106,9 @@ class Results:
         of each, and computes the ratio of the two pooled p99s.
         """
         slices: dict[tuple[int, int], dict[str, list[float]]] = defaultdict(dict)
-        for run in self.runs:
-            calls = [common.Call(**c) for c in run["calls"]]
+        for run, calls in self.slices(cell):
             ok = [c.latency_ms for c in calls if c.ok]
-            if (run["concurrency"], run["max_tokens"]) != cell or not ok:
+            if not ok:
                 continue
             slices[(run["round"], min(c.index for c in calls))][run["engine"]] = ok
         paired = [s for s in slices.values() if len(s) == 2]
@@ -122,11 +127,8 @@ class Results:
         """In-skinflint time of each slice's first request (the first after the other engine's
         turn, with every cache cold) against the rest of the cell's requests."""
         first, rest = [], []
-        for run in self.runs:
-            if run["engine"] != "skinflint" or (run["concurrency"], run["max_tokens"]) != cell:
-                continue
-            calls = sorted((common.Call(**c) for c in run["calls"]), key=lambda c: c.index)
-            over = [c.overhead_ms if c.ok else None for c in calls]
+        for _, calls in self.slices(cell, "skinflint"):
+            over = [c.overhead_ms if c.ok else None for c in sorted(calls, key=lambda c: c.index)]
             first += [ms for ms in over[:1] if ms is not None]
             rest += [ms for ms in over[1:] if ms is not None]
         return {"first_n": len(first), "first_p50_ms": common.percentile(first, 50),
@@ -137,8 +139,9 @@ class Results:
         """p50 and p99 of each phase of skinflint's own time (from runs that recorded them)."""
         per_phase: dict[str, list[float]] = defaultdict(list)
         for call in self.calls("skinflint", cell):
-            for name, ms in (call.phases_ms or {}).items() if call.ok else ():
-                per_phase[name].append(ms)
+            if call.ok and call.phases_ms:
+                for name, ms in call.phases_ms.items():
+                    per_phase[name].append(ms)
         return {name: [common.percentile(v, 50), common.percentile(v, 99)] for name, v in per_phase.items()}
 
     def _pairs(self, cell: Cell) -> dict[str, int]:
@@ -225,8 +228,8 @@ class Results:
 def _slice_start_lines(rows: list[dict[str, Any]]) -> list[str]:
     lines = []
     for row in rows:
-        s = row.get("in_skinflint_slice_start")
-        if s and s["first_n"]:
+        s = row["in_skinflint_slice_start"]
+        if s["first_n"]:
             lines.append(
                 f"      max_tokens={row['max_tokens']}: the {s['first_n']} slices' first requests (after the other "
                 f"engine's turn) took {common.fmt(s['first_p50_ms'], 2)} ms in skinflint at p50, "
@@ -237,7 +240,7 @@ def _slice_start_lines(rows: list[dict[str, Any]]) -> list[str]:
 
 def _phase_table(rows: list[dict[str, Any]]) -> list[str]:
     """Where skinflint's own time goes at concurrency 1: p50 / p99 of each phase, in ms."""
-    names = list(dict.fromkeys(name for row in rows for name in row.get("phases_ms", {})))
+    names = list(dict.fromkeys(name for row in rows for name in row["phases_ms"]))
     if not names:
         return []
     body = [[str(row["max_tokens"]),
