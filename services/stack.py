@@ -23,6 +23,9 @@ from typing import IO
 
 import httpx
 
+from services.shared.sched import apply_request_path_slice
+from services.shared.settings import ServiceSettings
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -115,6 +118,10 @@ class Stack:
         proc = self._spawn("nats", [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js",
                                     "-sd", str(store)])
         wait_for_port(port, proc.process, 15)
+        # nats-server is on every request's path twice: it gets the services' short slices.
+        asked = self.env.get("SF_SCHED_SLICE_US")
+        slice_us = (ServiceSettings() if asked is None else ServiceSettings(sched_slice_us=asked)).sched_slice_us
+        apply_request_path_slice(slice_us, "nats-server", proc.process.pid)
         self.nats_url = f"nats://127.0.0.1:{port}"
         self.env["SF_NATS_URL"] = self.nats_url
         return self.nats_url

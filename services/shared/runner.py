@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Protocol
 
+from services.shared.sched import apply_request_path_slice
 from services.shared.settings import ServiceSettings
 
 log = logging.getLogger("skinflint")
@@ -45,7 +46,8 @@ def configure_logging(service_name: str, level: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-async def serve(service: Service, drain_timeout_s: float, stop: asyncio.Event | None = None) -> None:
+async def serve(service: Service, drain_timeout_s: float, stop: asyncio.Event | None = None,
+                sched_slice_us: int = 0) -> None:
     """Run ``service`` until SIGTERM/SIGINT (or ``stop``), then drain and close it."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -54,6 +56,8 @@ async def serve(service: Service, drain_timeout_s: float, stop: asyncio.Event | 
     try:
         await service.start()
         freeze_startup_heap()
+        # After start: the engine's processes, which a worker has started by now, keep theirs.
+        apply_request_path_slice(sched_slice_us, service.name)
         log.info("%s is ready", service.name)
         await stop.wait()
         # A second signal while draining means "now": restore the default handlers.
@@ -87,4 +91,4 @@ def run(build: Callable[[], Service], settings: ServiceSettings, service_name: s
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency, this is belt and braces
         pass
-    asyncio.run(serve(build(), settings.drain_timeout_s))
+    asyncio.run(serve(build(), settings.drain_timeout_s, sched_slice_us=settings.sched_slice_us))

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.shared.sched import DEFAULT_SLICE_US, MAX_SLICE_US, MIN_SLICE_US
 
 
 def default_instance_id() -> str:
@@ -42,6 +44,19 @@ class ServiceSettings(BaseSettings):
     drain_timeout_s: float = Field(
         default=30.0, gt=0, description="On SIGTERM, how long in-flight work may take to finish."
     )
+    sched_slice_us: int = Field(
+        default=DEFAULT_SLICE_US,
+        description="Linux 6.12+: the scheduler slice (µs, 100 to 100000) the service's threads ask "
+                    "for, so that a message wakes them ahead of a busy engine process on the same "
+                    "core (services.shared.sched). 0 keeps the kernel's default.",
+    )
+
+    @field_validator("sched_slice_us")
+    @classmethod
+    def _slice_in_kernel_bounds(cls, value: int) -> int:
+        if value != 0 and not MIN_SLICE_US <= value <= MAX_SLICE_US:
+            raise ValueError(f"must be 0 (the kernel's default) or {MIN_SLICE_US}..{MAX_SLICE_US} µs")
+        return value
 
 
 class ConfigFileError(ValueError):

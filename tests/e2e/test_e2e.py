@@ -18,6 +18,8 @@ from openai import BadRequestError, OpenAI
 from contracts.subjects import BULK_RESULTS_STREAM, Priority, bulk_result_subject, infer_subject
 from contracts.v1 import REPLY_ADAPTER, Final, TaskEnvelope
 from services.accounting.ledger import Ledger, UsageRecord, make_engine
+from services.shared import sched
+from services.shared.sched import DEFAULT_SLICE_US
 from tests.e2e.conftest import LiveSystem
 
 pytestmark = pytest.mark.e2e
@@ -173,3 +175,33 @@ async def test_a_bulk_task_is_answered_by_the_real_engine_and_charged_at_the_bat
     assert row.priority == "bulk"
     assert row.cost_nanousd == expected_nanos("small", row.prompt_tokens, row.cached_prompt_tokens,
                                               row.completion_tokens, bulk=True)
+
+
+def _descendants(pid: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def test_the_request_path_asks_for_short_slices_and_the_engine_keeps_the_kernels(live: LiveSystem) -> None:
+    kernel_default = sched.get_slice_us()  # this test process never asks for one
+    if not kernel_default:
+        pytest.skip("this kernel has no per-task slices (Linux < 6.12)")
+    for name in ("nats", "ingress", "worker", "accounting"):
+        pid = live.stack.procs[name].process.pid
+        assert {sched.get_slice_us(t) for t in sched.threads_of(pid)} == {DEFAULT_SLICE_US}, name
+    engine = [pid for pid in _descendants(live.stack.procs["worker"].process.pid)
+              if Path(f"/proc/{pid}/comm").read_text().startswith("VLLM::")]
+    assert len(engine) >= 1
+    for pid in engine:
+        assert {sched.get_slice_us(t) for t in sched.threads_of(pid)} == {kernel_default}

@@ -1,0 +1,150 @@
+"""Short scheduler slices for the processes on the request path (Linux 6.12 and newer).
+
+On a CPU deployment the engine's processes share cores with skinflint's: vLLM's engine core
+busy-polls its queues while a step runs and for a second after. When the answer is ready, the
+worker, nats-server and ingress each have to wake up on a core that such a poller holds, and
+Linux's EEVDF scheduler lets the running task finish its slice first (0.75 ms times
+``1 + log2(cores)``, capped at 8 cores). Three hops, each waiting up to a slice, is milliseconds
+on a path whose own work is about two.
+
+Since Linux 6.12 a normal (``SCHED_OTHER``) task may ask for a shorter slice with
+``sched_setattr(2)``'s ``sched_runtime`` (0.1 to 100 ms). A task with a shorter slice than the one
+running preempts it on wake-up (the scheduler's ``PREEMPT_SHORT``), and runs for that long before
+it is preempted in turn. It is not a priority: the task gets no bigger share of the CPU; it is
+served sooner and in smaller pieces. That is what a process that wakes for a message, handles it
+and sleeps again wants, and what a process computing for seconds does not. Needs no privilege.
+
+Threads and processes inherit the slice from the thread that creates them, so a service sets it
+at start-up, after anything it must not pass on to (the engine's processes) has been started.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import platform
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: ``sched_getattr`` / ``sched_setattr`` system call numbers by machine.
+_SYSCALLS = {"x86_64": (315, 314), "aarch64": (275, 274)}
+_NSEC_PER_US = 1000
+#: The kernel's bounds on a custom slice (``__setscheduler_params``).
+MIN_SLICE_US, MAX_SLICE_US = 100, 100_000
+#: What the services ask for unless told otherwise (``SF_SCHED_SLICE_US``; 0 keeps the kernel's).
+DEFAULT_SLICE_US = MIN_SLICE_US
+_SCHED_FLAG_RESET_ON_FORK = 0x01
+
+
+class _SchedAttr(ctypes.Structure):
+    # ``struct sched_attr`` (include/uapi/linux/sched/types.h), version 1 (with utilization clamps).
+    _fields_ = [
+        ("size", ctypes.c_uint32),
+        ("sched_policy", ctypes.c_uint32),
+        ("sched_flags", ctypes.c_uint64),
+        ("sched_nice", ctypes.c_int32),
+        ("sched_priority", ctypes.c_uint32),
+        ("sched_runtime", ctypes.c_uint64),
+        ("sched_deadline", ctypes.c_uint64),
+        ("sched_period", ctypes.c_uint64),
+        ("sched_util_min", ctypes.c_uint32),
+        ("sched_util_max", ctypes.c_uint32),
+    ]
+
+
+_SCHED_OTHER, _SCHED_BATCH = 0, 3
+
+
+class SliceUnsupported(OSError):
+    """This system cannot give a task its own slice (not Linux, an unknown machine, or a kernel
+    older than 6.12)."""
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _numbers() -> tuple[int, int]:
+    numbers = _SYSCALLS.get(platform.machine())
+    if os.name != "posix" or platform.system() != "Linux" or numbers is None:
+        raise SliceUnsupported(f"no sched_setattr on {platform.system()} {platform.machine()}")
+    return numbers
+
+
+def get_slice_us(tid: int = 0) -> int | None:
+    """The scheduler slice of thread ``tid`` (0: the calling thread) in µs: its own or the
+    kernel's default (0 on kernels before 6.12, which do not report it); None for a real-time
+    or deadline thread."""
+    get_nr, _ = _numbers()
+    attr = _SchedAttr()
+    if _libc().syscall(get_nr, tid, ctypes.byref(attr), ctypes.sizeof(attr), 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"sched_getattr({tid}): {os.strerror(err)}")
+    if attr.sched_policy not in (_SCHED_OTHER, _SCHED_BATCH):
+        return None
+    return int(attr.sched_runtime // _NSEC_PER_US)
+
+
+def set_slice_us(slice_us: int, tid: int = 0) -> None:
+    """Give thread ``tid`` (0: the calling thread) a scheduler slice of ``slice_us`` µs, keeping
+    its policy and nice value. Threads it creates afterwards inherit the slice."""
+    if not MIN_SLICE_US <= slice_us <= MAX_SLICE_US:
+        raise ValueError(f"a slice must be {MIN_SLICE_US}..{MAX_SLICE_US} µs, not {slice_us}")
+    get_nr, set_nr = _numbers()
+    libc = _libc()
+    attr = _SchedAttr()
+    if libc.syscall(get_nr, tid, ctypes.byref(attr), ctypes.sizeof(attr), 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"sched_getattr({tid}): {os.strerror(err)}")
+    if attr.sched_policy not in (_SCHED_OTHER, _SCHED_BATCH):
+        return  # a real-time or deadline thread: someone chose its scheduling on purpose
+    attr.size = ctypes.sizeof(attr)
+    attr.sched_flags &= _SCHED_FLAG_RESET_ON_FORK  # clearing it would need a privilege
+    attr.sched_runtime = slice_us * _NSEC_PER_US
+    attr.sched_util_min = attr.sched_util_max = 0
+    if libc.syscall(set_nr, tid, ctypes.byref(attr), 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"sched_setattr({tid}): {os.strerror(err)}")
+    if get_slice_us(tid) != slice_us:
+        # Before 6.12 the kernel accepts sched_runtime for a normal task and ignores it.
+        raise SliceUnsupported(f"this kernel ({platform.release()}) keeps its own slices")
+
+
+def threads_of(pid: int) -> list[int]:
+    """Thread ids of process ``pid``."""
+    try:
+        return [int(t) for t in os.listdir(Path("/proc") / str(pid) / "task")]
+    except FileNotFoundError:
+        return []
+
+
+def set_process_slice_us(slice_us: int, pid: int | None = None) -> int:
+    """Give every thread of process ``pid`` (default: this one) a slice of ``slice_us`` µs.
+    Returns how many threads took it; threads that ended meanwhile are skipped."""
+    count = 0
+    for tid in threads_of(os.getpid() if pid is None else pid):
+        try:
+            set_slice_us(slice_us, tid)
+        except ProcessLookupError:
+            continue
+        count += 1
+    return count
+
+
+def apply_request_path_slice(slice_us: int, what: str, pid: int | None = None) -> bool:
+    """``set_process_slice_us`` for a service's start-up: logs what happened, never raises.
+    0 leaves the kernel's default. Returns whether the slice is in place."""
+    if slice_us == 0:
+        return False
+    try:
+        threads = set_process_slice_us(slice_us, pid)
+    except SliceUnsupported as exc:
+        log.info("%s keeps the kernel's default scheduler slice: %s", what, exc)
+        return False
+    except OSError as exc:
+        log.warning("%s keeps the kernel's default scheduler slice: %s", what, exc)
+        return False
+    log.info("%s: scheduler slice %d µs on %d thread(s)", what, slice_us, threads)
+    return True
