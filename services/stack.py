@@ -23,6 +23,7 @@ from typing import IO
 
 import httpx
 
+from services.shared import sched
 from services.shared.sched import apply_request_path_slice
 from services.shared.settings import ServiceSettings
 
@@ -147,11 +148,23 @@ class Stack:
             self.check_alive()
             try:
                 if httpx.get(url, timeout=2).status_code == 200:
+                    self.keep_off_engine_cpus()
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
         raise RuntimeError(f"{what} did not become ready within {timeout_s:.0f} s; see {self.var_dir}/log")
+
+    def keep_off_engine_cpus(self) -> frozenset[int]:
+        """Pin the processes started here, but the workers, to the CPUs the workers' engines
+        leave free (each worker does that for itself). Returns those CPUs (empty: nothing to do)."""
+        asked = self.env.get("SF_SCHED_KEEP_OFF_ENGINE_CPUS")
+        settings = ServiceSettings() if asked is None else ServiceSettings(sched_keep_off_engine_cpus=asked)
+        workers = [p.process.pid for name, p in self.procs.items() if name.startswith("worker")]
+        others = {name: p.process.pid for name, p in self.procs.items() if not name.startswith("worker")}
+        if not settings.sched_keep_off_engine_cpus or not workers or not others:
+            return frozenset()
+        return sched.keep_off_engine_cpus(", ".join(others), list(others.values()), owners=workers)
 
     def check_alive(self) -> None:
         for proc in self.procs.values():

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
 from typing import Protocol
 
+from services.shared import sched
 from services.shared.sched import apply_request_path_slice
 from services.shared.settings import ServiceSettings
 
@@ -47,7 +49,7 @@ def configure_logging(service_name: str, level: str) -> None:
 
 
 async def serve(service: Service, drain_timeout_s: float, stop: asyncio.Event | None = None,
-                sched_slice_us: int = 0) -> None:
+                sched_slice_us: int = 0, keep_off_engine_cpus: bool = False) -> None:
     """Run ``service`` until SIGTERM/SIGINT (or ``stop``), then drain and close it."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -56,8 +58,11 @@ async def serve(service: Service, drain_timeout_s: float, stop: asyncio.Event | 
     try:
         await service.start()
         freeze_startup_heap()
-        # After start: the engine's processes, which a worker has started by now, keep theirs.
+        # After start: the engine's processes, which a worker has started by now, keep the
+        # kernel's slice and their own cores; the service's threads keep off those cores.
         apply_request_path_slice(sched_slice_us, service.name)
+        if keep_off_engine_cpus:
+            sched.keep_off_engine_cpus(service.name, [os.getpid()], owners=[os.getpid()])
         log.info("%s is ready", service.name)
         await stop.wait()
         # A second signal while draining means "now": restore the default handlers.
@@ -91,4 +96,5 @@ def run(build: Callable[[], Service], settings: ServiceSettings, service_name: s
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency, this is belt and braces
         pass
-    asyncio.run(serve(build(), settings.drain_timeout_s, sched_slice_us=settings.sched_slice_us))
+    asyncio.run(serve(build(), settings.drain_timeout_s, sched_slice_us=settings.sched_slice_us,
+                      keep_off_engine_cpus=settings.sched_keep_off_engine_cpus))

@@ -51,6 +51,12 @@ class ServiceSettings(BaseSettings):
                     "core (services.shared.sched). 0 keeps the kernel's default.",
     )
 
+    sched_keep_off_engine_cpus: bool = Field(
+        default=True,
+        description="Keep the service's threads off the CPUs that the engine processes it started "
+                    "are pinned to (vLLM's CPU build pins its compute; services.shared.sched).",
+    )
+
     @field_validator("sched_slice_us")
     @classmethod
     def _slice_in_kernel_bounds(cls, value: int) -> int:

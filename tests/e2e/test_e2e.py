@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -177,22 +178,6 @@ async def test_a_bulk_task_is_answered_by_the_real_engine_and_charged_at_the_bat
                                               row.completion_tokens, bulk=True)
 
 
-def _descendants(pid: int) -> list[int]:
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # ended meanwhile
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def test_the_request_path_asks_for_short_slices_and_the_engine_keeps_the_kernels(live: LiveSystem) -> None:
     kernel_default = sched.get_slice_us()  # this test process never asks for one
     if not kernel_default:
@@ -200,8 +185,25 @@ def test_the_request_path_asks_for_short_slices_and_the_engine_keeps_the_kernels
     for name in ("nats", "ingress", "worker", "accounting"):
         pid = live.stack.procs[name].process.pid
         assert {sched.get_slice_us(t) for t in sched.threads_of(pid)} == {DEFAULT_SLICE_US}, name
-    engine = [pid for pid in _descendants(live.stack.procs["worker"].process.pid)
-              if Path(f"/proc/{pid}/comm").read_text().startswith("VLLM::")]
+    engine = _engine_processes(live)
     assert len(engine) >= 1
     for pid in engine:
         assert {sched.get_slice_us(t) for t in sched.threads_of(pid)} == {kernel_default}
+
+
+def _engine_processes(live: LiveSystem) -> list[int]:
+    return [pid for pid in sched.descendants(live.stack.procs["worker"].process.pid)
+            if Path(f"/proc/{pid}/comm").read_text().startswith("VLLM::")]
+
+
+def test_the_request_path_keeps_off_the_cores_the_engine_computes_on(live: LiveSystem) -> None:
+    available = frozenset(os.sched_getaffinity(0))
+    placement = {pid: sched.cpus_of(pid) for pid in _engine_processes(live)}
+    engine_cpus = frozenset().union(*(cpus for cpus in placement.values() if cpus < available))
+    if not engine_cpus or engine_cpus == available:
+        pytest.skip("vLLM pinned no CPUs of its own here (it does so on CPU machines with 2 cores or more)")
+    for name in ("nats", "ingress", "worker", "accounting"):
+        pid = live.stack.procs[name].process.pid
+        assert {sched.cpus_of(t) for t in sched.threads_of(pid)} == {available - engine_cpus}, name
+    # The engine's other processes (its core loop) were not moved: they float as in `vllm serve`.
+    assert available in placement.values()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -23,7 +25,8 @@ def _kernel_has_custom_slices() -> bool:
     return subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0
 
 
-needs_custom_slices = pytest.mark.skipif(not _kernel_has_custom_slices(),
+HAS_CUSTOM_SLICES = _kernel_has_custom_slices()
+needs_custom_slices = pytest.mark.skipif(not HAS_CUSTOM_SLICES,
                                          reason="this kernel has no per-task slices (Linux < 6.12)")
 
 
@@ -129,3 +132,83 @@ def test_services_ask_for_the_shortest_slice_unless_told_otherwise() -> None:
         with pytest.raises(ValidationError,
                            match=r"sched_slice_us\n.*must be 0 \(the kernel's default\) or 100\.\.100000"):
             ServiceSettings(sched_slice_us=bad)
+
+
+def test_the_command_line_sets_a_running_process(sleeper: subprocess.Popen[bytes],
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    if not HAS_CUSTOM_SLICES:
+        assert sched.main([str(sleeper.pid)]) == 1
+        return
+    assert sched.main(["--slice-us", "500", str(sleeper.pid)]) == 0
+    assert capsys.readouterr().out == f"{sleeper.pid}: 500 µs on {len(sched.threads_of(sleeper.pid))} thread(s)\n"
+    assert {sched.get_slice_us(t) for t in sched.threads_of(sleeper.pid)} == {500}
+
+
+def test_the_command_line_names_what_it_could_not_do(capsys: pytest.CaptureFixture[str]) -> None:
+    assert sched.main(["999999999"]) == 1
+    assert capsys.readouterr().out == "999999999: no such process\n"
+    with pytest.raises(SystemExit):
+        sched.main(["--slice-us", "5", "1"])
+    assert "--slice-us must be 100..100000" in capsys.readouterr().err
+
+
+# --- placement ------------------------------------------------------------------------------------
+needs_two_cpus = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs at least 2 CPUs")
+
+#: A parent that starts a child pinned to its first CPU (as vLLM pins its compute), waits for a
+#: word on stdin, then starts a child that only inherits its own placement.
+_ENGINE_LIKE = """
+import os, subprocess, sys
+first = min(os.sched_getaffinity(0))
+pinned = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                          preexec_fn=lambda: os.sched_setaffinity(0, {first}))
+print(pinned.pid, flush=True)
+sys.stdin.readline()
+later = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+print(later.pid, flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.fixture
+def engine_like() -> Iterator[tuple[subprocess.Popen[str], int]]:
+    proc = subprocess.Popen([sys.executable, "-c", _ENGINE_LIKE], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    pinned = int(proc.stdout.readline())
+    yield proc, pinned
+    for pid in sched.descendants(proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+    proc.kill()
+    proc.wait()
+
+
+@needs_two_cpus
+def test_the_engines_cpus_are_where_its_processes_are_pinned(
+    engine_like: tuple[subprocess.Popen[str], int]
+) -> None:
+    proc, pinned = engine_like
+    available = frozenset(os.sched_getaffinity(0))
+    first = min(available)
+    assert pinned in sched.descendants(proc.pid)
+    assert sched.engine_cpus(proc.pid, available) == {first}
+    # The owner keeps off them; a process it starts afterwards only inherits that placement.
+    assert sched.keep_off_engine_cpus("owner", [proc.pid], owners=[proc.pid], available=available) \
+        == available - {first}
+    assert sched.cpus_of(proc.pid) == available - {first}
+    assert sched.cpus_of(pinned) == {first}  # the engine's own processes stay where they are
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    later = int(proc.stdout.readline())
+    assert sched.cpus_of(later) == available - {first}
+    assert sched.engine_cpus(proc.pid, available) == {first}
+
+
+def test_nothing_moves_when_no_engine_is_pinned(sleeper: subprocess.Popen[bytes],
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    before = sched.cpus_of(sleeper.pid)
+    with caplog.at_level(logging.INFO):
+        assert sched.keep_off_engine_cpus("ingress", [sleeper.pid], owners=[sleeper.pid]) == frozenset()
+    assert sched.cpus_of(sleeper.pid) == before and caplog.records == []
