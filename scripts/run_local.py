@@ -47,6 +47,10 @@ def main() -> None:
         stack.start_ingress(http_port, {"SF_OTEL_CONSOLE_PATH": str(var / "log" / "traces-ingress.jsonl")})
         print("==> waiting for the worker to load the model (about a minute on CPU)", flush=True)
         stack.wait_ready(timeout_s=600)
+        if stack.request_path_cpus:
+            cpus = ",".join(str(c) for c in sorted(stack.request_path_cpus))
+            print(f"==> nats-server and the services run on CPU {cpus}, off the cores vLLM computes on",
+                  flush=True)
         print(BANNER.format(port=http_port), flush=True)
         while not stop.wait(1.0):
             stack.check_alive()

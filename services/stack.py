@@ -85,6 +85,8 @@ class Stack:
     procs: dict[str, Proc] = field(default_factory=dict)
     nats_url: str = ""
     http_port: int = 0
+    #: Where ``wait_ready`` put the processes started here, but the workers (empty: anywhere).
+    request_path_cpus: frozenset[int] = frozenset()
 
     def _spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> Proc:
         log_dir = self.var_dir / "log"
@@ -148,7 +150,7 @@ class Stack:
             self.check_alive()
             try:
                 if httpx.get(url, timeout=2).status_code == 200:
-                    self.keep_off_engine_cpus()
+                    self.request_path_cpus = self.keep_off_engine_cpus()
                     return
             except httpx.HTTPError:
                 pass
