@@ -18,12 +18,12 @@ Threads and processes inherit the slice from the thread that creates them, so a 
 at start-up, after anything it must not pass on to (the engine's processes) has been started.
 
 The second half is placement. vLLM's CPU build pins its compute process to some cores (on 2 cores:
-core 0) and leaves the rest to everything else. A service process that wakes on a compute core
-preempts the model's forward pass, however short its own work: measured on a 2-core VM at one
-request at a time, the worker's engine time was 43.7 / 57.2 ms at p50 / p99 with skinflint's
-processes free to run anywhere and 42.0 / 51.2 ms with them kept on the core vLLM leaves free.
-So the worker, once its engine is up, keeps its own threads off the cores its engine's processes
-are pinned to, and the launcher (``services.stack``) does the same for the processes it started.
+core 0) and leaves the rest for its front end and everything else. A service process that wakes on
+a compute core preempts the model's forward pass, however short its own work. So the worker, once
+its engine is up, keeps its own threads off the cores its engine's processes are pinned to, and the
+launcher (``services.stack``) does the same for the processes it started. On a 2-core VM the effect
+on latency was within the noise between runs (``bench/README.md``), and it cost the engine's
+throughput nothing.
 """
 
 from __future__ import annotations
