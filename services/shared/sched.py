@@ -32,6 +32,7 @@ import ctypes
 import logging
 import os
 import platform
+import threading
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,25 @@ def set_slice_us(slice_us: int, tid: int = 0) -> None:
     if get_slice_us(tid) != slice_us:
         # Before 6.12 the kernel accepts sched_runtime for a normal task and ignores it.
         raise SliceUnsupported(f"this kernel ({platform.release()}) keeps its own slices")
+
+
+def slices_supported() -> bool:
+    """Whether this system gives a task its own slice: tried on a thread that ends right after,
+    so no other thread's slice changes."""
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            set_slice_us(MIN_SLICE_US + 1)
+        except OSError:
+            result.append(False)
+        else:
+            result.append(True)
+
+    thread = threading.Thread(target=probe, name="slice-probe")
+    thread.start()
+    thread.join()
+    return result == [True]
 
 
 def threads_of(pid: int) -> list[int]:

@@ -17,15 +17,7 @@ from pydantic import ValidationError
 from services.shared import sched
 from services.shared.settings import ServiceSettings
 
-
-def _kernel_has_custom_slices() -> bool:
-    # Probed in a child process, so the test process keeps the kernel's default.
-    probe = ("from services.shared import sched\n"
-             "try:\n    sched.set_slice_us(300)\nexcept OSError:\n    raise SystemExit(1)\n")
-    return subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0
-
-
-HAS_CUSTOM_SLICES = _kernel_has_custom_slices()
+HAS_CUSTOM_SLICES = sched.slices_supported()
 needs_custom_slices = pytest.mark.skipif(not HAS_CUSTOM_SLICES,
                                          reason="this kernel has no per-task slices (Linux < 6.12)")
 
@@ -41,6 +33,12 @@ def sleeper() -> Iterator[subprocess.Popen[bytes]]:
     yield proc
     proc.kill()
     proc.wait()
+
+
+def test_probing_for_slices_changes_no_thread_but_its_own() -> None:
+    before = sched.get_slice_us()
+    assert sched.slices_supported() is HAS_CUSTOM_SLICES
+    assert sched.get_slice_us() == before
 
 
 def test_a_slice_outside_the_kernels_bounds_is_refused() -> None:
