@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 
+from services.shared.sched import cpu_list
 from services.stack import ROOT, Stack, printer
 
 BANNER = """
@@ -48,9 +49,8 @@ def main() -> None:
         print("==> waiting for the worker to load the model (about a minute on CPU)", flush=True)
         stack.wait_ready(timeout_s=600)
         if stack.request_path_cpus:
-            cpus = ",".join(str(c) for c in sorted(stack.request_path_cpus))
-            print(f"==> nats-server and the services run on CPU {cpus}, off the cores vLLM computes on",
-                  flush=True)
+            print(f"==> nats-server and the services run on CPU {cpu_list(stack.request_path_cpus)}, "
+                  "off the cores vLLM computes on", flush=True)
         print(BANNER.format(port=http_port), flush=True)
         while not stop.wait(1.0):
             stack.check_alive()

@@ -19,12 +19,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
 from services.shared import sched
-from services.shared.sched import apply_request_path_slice
 from services.shared.settings import ServiceSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,9 +121,7 @@ class Stack:
                                     "-sd", str(store)])
         wait_for_port(port, proc.process, 15)
         # nats-server is on every request's path twice: it gets the services' short slices.
-        asked = self.env.get("SF_SCHED_SLICE_US")
-        slice_us = (ServiceSettings() if asked is None else ServiceSettings(sched_slice_us=asked)).sched_slice_us
-        apply_request_path_slice(slice_us, "nats-server", proc.process.pid)
+        sched.apply_request_path_slice(self._service_settings().sched_slice_us, "nats-server", proc.process.pid)
         self.nats_url = f"nats://127.0.0.1:{port}"
         self.env["SF_NATS_URL"] = self.nats_url
         return self.nats_url
@@ -160,13 +157,17 @@ class Stack:
     def keep_off_engine_cpus(self) -> frozenset[int]:
         """Pin the processes started here, but the workers, to the CPUs the workers' engines
         leave free (each worker does that for itself). Returns those CPUs (empty: nothing to do)."""
-        asked = self.env.get("SF_SCHED_KEEP_OFF_ENGINE_CPUS")
-        settings = ServiceSettings() if asked is None else ServiceSettings(sched_keep_off_engine_cpus=asked)
         workers = [p.process.pid for name, p in self.procs.items() if name.startswith("worker")]
         others = {name: p.process.pid for name, p in self.procs.items() if not name.startswith("worker")}
-        if not settings.sched_keep_off_engine_cpus or not workers or not others:
+        if not self._service_settings().sched_keep_off_engine_cpus or not workers or not others:
             return frozenset()
         return sched.keep_off_engine_cpus(", ".join(others), list(others.values()), owners=workers)
+
+    def _service_settings(self) -> ServiceSettings:
+        """The settings every service of this stack reads: the environment, with ``env`` over it."""
+        ours: dict[str, Any] = {name: self.env[f"SF_{name.upper()}"] for name in ServiceSettings.model_fields
+                if f"SF_{name.upper()}" in self.env}
+        return ServiceSettings(**ours)
 
     def check_alive(self) -> None:
         for proc in self.procs.values():

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Protocol
 
 from services.shared import sched
-from services.shared.sched import apply_request_path_slice
 from services.shared.settings import ServiceSettings
 
 log = logging.getLogger("skinflint")
@@ -60,7 +59,7 @@ async def serve(service: Service, drain_timeout_s: float, stop: asyncio.Event | 
         freeze_startup_heap()
         # After start: the engine's processes, which a worker has started by now, keep the
         # kernel's slice and their own cores; the service's threads keep off those cores.
-        apply_request_path_slice(sched_slice_us, service.name)
+        sched.apply_request_path_slice(sched_slice_us, service.name)
         if keep_off_engine_cpus:
             sched.keep_off_engine_cpus(service.name, [os.getpid()], owners=[os.getpid()])
         log.info("%s is ready", service.name)

@@ -3,9 +3,10 @@
 On a CPU deployment the engine's processes share cores with skinflint's: vLLM's engine core
 busy-polls its queues while a step runs and for a second after. When the answer is ready, the
 worker, nats-server and ingress each have to wake up on a core that such a poller holds, and
-Linux's EEVDF scheduler lets the running task finish its slice first (0.75 ms times
-``1 + log2(cores)``, capped at 8 cores). Three hops, each waiting up to a slice, is milliseconds
-on a path whose own work is about two.
+Linux's EEVDF scheduler lets the running task finish its slice first (its default slice, 1.4 ms
+on a 2-core machine with Linux 6.18). A request's path wakes a process four times (nats-server,
+the worker, nats-server, ingress); each waiting up to a slice is milliseconds on a path whose own
+work is about two.
 
 Since Linux 6.12 a normal (``SCHED_OTHER``) task may ask for a shorter slice with
 ``sched_setattr(2)``'s ``sched_runtime`` (0.1 to 100 ms). A task with a shorter slice than the one
@@ -29,10 +30,12 @@ throughput nothing.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import platform
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,7 @@ class SliceUnsupported(OSError):
     older than 6.12)."""
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
@@ -82,18 +86,25 @@ def _numbers() -> tuple[int, int]:
     return numbers
 
 
+def _syscall(name: str, number: int, tid: int, *args: object) -> None:
+    if _libc().syscall(number, tid, *args) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{name}({tid}): {os.strerror(err)}")
+
+
+def _fair_attr(tid: int) -> _SchedAttr | None:
+    """Thread ``tid``'s scheduling attributes, or None for a real-time or deadline thread."""
+    attr = _SchedAttr()
+    _syscall("sched_getattr", _numbers()[0], tid, ctypes.byref(attr), ctypes.sizeof(attr), 0)
+    return attr if attr.sched_policy in (_SCHED_OTHER, _SCHED_BATCH) else None
+
+
 def get_slice_us(tid: int = 0) -> int | None:
     """The scheduler slice of thread ``tid`` (0: the calling thread) in µs: its own or the
     kernel's default (0 on kernels before 6.12, which do not report it); None for a real-time
     or deadline thread."""
-    get_nr, _ = _numbers()
-    attr = _SchedAttr()
-    if _libc().syscall(get_nr, tid, ctypes.byref(attr), ctypes.sizeof(attr), 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"sched_getattr({tid}): {os.strerror(err)}")
-    if attr.sched_policy not in (_SCHED_OTHER, _SCHED_BATCH):
-        return None
-    return int(attr.sched_runtime // _NSEC_PER_US)
+    attr = _fair_attr(tid)
+    return None if attr is None else int(attr.sched_runtime // _NSEC_PER_US)
 
 
 def set_slice_us(slice_us: int, tid: int = 0) -> None:
@@ -101,21 +112,14 @@ def set_slice_us(slice_us: int, tid: int = 0) -> None:
     its policy and nice value. Threads it creates afterwards inherit the slice."""
     if not MIN_SLICE_US <= slice_us <= MAX_SLICE_US:
         raise ValueError(f"a slice must be {MIN_SLICE_US}..{MAX_SLICE_US} µs, not {slice_us}")
-    get_nr, set_nr = _numbers()
-    libc = _libc()
-    attr = _SchedAttr()
-    if libc.syscall(get_nr, tid, ctypes.byref(attr), ctypes.sizeof(attr), 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"sched_getattr({tid}): {os.strerror(err)}")
-    if attr.sched_policy not in (_SCHED_OTHER, _SCHED_BATCH):
+    attr = _fair_attr(tid)
+    if attr is None:
         return  # a real-time or deadline thread: someone chose its scheduling on purpose
     attr.size = ctypes.sizeof(attr)
     attr.sched_flags &= _SCHED_FLAG_RESET_ON_FORK  # clearing it would need a privilege
     attr.sched_runtime = slice_us * _NSEC_PER_US
     attr.sched_util_min = attr.sched_util_max = 0
-    if libc.syscall(set_nr, tid, ctypes.byref(attr), 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"sched_setattr({tid}): {os.strerror(err)}")
+    _syscall("sched_setattr", _numbers()[1], tid, ctypes.byref(attr), 0)
     if get_slice_us(tid) != slice_us:
         # Before 6.12 the kernel accepts sched_runtime for a normal task and ignores it.
         raise SliceUnsupported(f"this kernel ({platform.release()}) keeps its own slices")
@@ -148,17 +152,23 @@ def threads_of(pid: int) -> list[int]:
         return []
 
 
-def set_process_slice_us(slice_us: int, pid: int | None = None) -> int:
-    """Give every thread of process ``pid`` (default: this one) a slice of ``slice_us`` µs.
-    Returns how many threads took it; threads that ended meanwhile are skipped."""
+def _each_thread(pid: int, change: Callable[[int], object]) -> int:
+    """``change(tid)`` for every thread of ``pid``; returns how many took it (threads that ended
+    meanwhile are skipped)."""
     count = 0
-    for tid in threads_of(os.getpid() if pid is None else pid):
+    for tid in threads_of(pid):
         try:
-            set_slice_us(slice_us, tid)
+            change(tid)
         except ProcessLookupError:
             continue
         count += 1
     return count
+
+
+def set_process_slice_us(slice_us: int, pid: int | None = None) -> int:
+    """Give every thread of process ``pid`` (default: this one) a slice of ``slice_us`` µs.
+    Returns how many threads took it; threads that ended meanwhile are skipped."""
+    return _each_thread(os.getpid() if pid is None else pid, lambda tid: set_slice_us(slice_us, tid))
 
 
 def apply_request_path_slice(slice_us: int, what: str, pid: int | None = None) -> bool:
@@ -222,14 +232,7 @@ def engine_cpus(owner: int, available: frozenset[int]) -> frozenset[int]:
 def pin_process(pid: int, cpus: frozenset[int]) -> int:
     """Restrict every thread of ``pid`` to ``cpus``; threads it starts later inherit that.
     Returns how many threads were moved."""
-    count = 0
-    for tid in threads_of(pid):
-        try:
-            os.sched_setaffinity(tid, cpus)
-        except ProcessLookupError:
-            continue
-        count += 1
-    return count
+    return _each_thread(pid, lambda tid: os.sched_setaffinity(tid, cpus))
 
 
 def keep_off_engine_cpus(what: str, pids: list[int], owners: list[int],
@@ -249,12 +252,13 @@ def keep_off_engine_cpus(what: str, pids: list[int], owners: list[int],
     except OSError as exc:
         log.warning("%s may share the engine's cores: %s", what, exc)
         return frozenset()
-    log.info("%s: %d thread(s) on CPU %s, off the engine's CPU %s", what, threads, _cpu_list(free),
-             _cpu_list(engine))
+    log.info("%s: %d thread(s) on CPU %s, off the engine's CPU %s", what, threads, cpu_list(free),
+             cpu_list(engine))
     return free
 
 
-def _cpu_list(cpus: frozenset[int]) -> str:
+def cpu_list(cpus: frozenset[int]) -> str:
+    """CPUs as people write them: ``0,1``."""
     return ",".join(str(c) for c in sorted(cpus))
 
 
