@@ -83,7 +83,12 @@ async def serve_hops(nc: Client, subject: str, queue: str, handle: HopHandler, r
                 ack = refuse(f"malformed task envelope: {where}: {err['msg']}")
             else:
                 span.set_attribute("sf.request_id", env.request_id)
-                ack = await handle(env)
+                try:
+                    ack = await handle(env)
+                except Exception:
+                    # The sender must hear at once, not wait out its hop timeout.
+                    log.exception("taking task %s on %s failed", env.request_id, subject)
+                    ack = refuse(f"the stage failed to take the task; logged with request id {env.request_id}")
             if msg.reply:
                 await nc.publish(msg.reply, ack.model_dump_json().encode())
 

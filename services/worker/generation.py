@@ -36,7 +36,10 @@ class ReplySink(Protocol):
 
     async def reply(self, env: TaskEnvelope, message: Chunk | Final | ErrorReply) -> None: ...
 
-    async def usage(self, event: UsageEvent) -> None: ...
+    async def usage(self, event: UsageEvent) -> None:
+        """Send the task's usage event. Returns once it is on its way ahead of any reply sent
+        after it (interactive), or once it is stored (bulk: the task is acknowledged after)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -95,58 +98,92 @@ def _usage(env: TaskEnvelope, who: WorkerIdentity, status: str, last: EngineStep
     )
 
 
+def failure_reply(env: TaskEnvelope, where: str) -> ErrorReply:
+    """The answer to a failure nobody foresaw: a 500 that names the request id (it is in the log)."""
+    return ErrorReply(request_id=env.request_id, status=500, code="internal_error",
+                      message=f"the worker failed while {where}; the error is logged with request id "
+                              f"{env.request_id}")
+
+
 async def answer(env: TaskEnvelope, engine: Engine, sink: ReplySink, who: WorkerIdentity,
                  queue_seconds: float = 0.0) -> Final | ErrorReply:
     """Generate the answer to ``env`` and report it. Returns what was sent as the last reply.
 
-    Cancellation (client gone, worker draining past its deadline) aborts the engine request,
-    still reports the tokens spent as an ``aborted`` usage event, and re-raises.
+    Contract: whatever happens (a bad request, a template that fails to render, an engine error,
+    anything unexpected), the client gets exactly one last reply, a ``Final`` or an
+    ``ErrorReply``, and accounting exactly one usage event, sent *before* that reply on the same
+    connection (so a delivered answer is never left uncharged). Nothing but cancellation is
+    raised. Cancellation (client gone, worker draining past its deadline) aborts the engine
+    request, still reports the tokens spent as an ``aborted`` usage event, and re-raises.
     """
-    try:
-        prompt, params = plan(env, engine, who)
-    except SkinflintError as exc:
-        error = exc.to_reply(env.request_id)
-        await sink.reply(env, error)
-        return error
-
     started = time.monotonic()
-    timings = PathTimings(arrived_at=env.marks[-1].arrived_at if env.marks else None,
-                          engine_started_at=time.time())
+    prompt: list[int] = []
     last: EngineStep | None = None
-    parts: list[str] = []
-    status = "error"
+    in_engine = False
+    reply: Final | ErrorReply
     try:
+        try:
+            prompt, params = plan(env, engine, who)
+        except SkinflintError:
+            raise
+        except Exception as exc:
+            log.exception("preparing request %s failed", env.request_id)
+            raise _Failed(failure_reply(env, "preparing the prompt")) from exc
+        timings = PathTimings(arrived_at=env.marks[-1].arrived_at if env.marks else None,
+                              engine_started_at=time.time())
+        parts: list[str] = []
+        in_engine = True
         async for step in engine.stream(env.request_id, prompt, params, ENGINE_PRIORITY[env.priority]):
             last = step
             if step.delta:
                 if env.request.stream:
                     await sink.reply(env, Chunk(request_id=env.request_id, seq=len(parts), delta=step.delta))
                 parts.append(step.delta)
-        status = "ok"
         timings.engine_finished_at = time.time()
-        final = _final(env, who, "".join(parts), last, len(prompt), queue_seconds,
-                       time.monotonic() - started)
-        final.timings = timings
-        timings.sent_at = time.time()
-        # The answer goes out first; the usage event (a JetStream round trip) is off the
-        # client's critical path but still published before this task counts as done.
-        await sink.reply(env, final)
-        return final
+        reply = _final(env, who, "".join(parts), last, len(prompt), queue_seconds, time.monotonic() - started)
+        reply.timings = timings
+        status = "ok"
     except asyncio.CancelledError:
-        status = "aborted"
-        await engine.abort(env.request_id)
+        if in_engine:
+            await asyncio.shield(engine.abort(env.request_id))
+        await asyncio.shield(_report(sink, env, who, "aborted", last, len(prompt) if in_engine else 0,
+                                     queue_seconds, started))
         raise
+    except SkinflintError as exc:
+        reply, status = exc.to_reply(env.request_id), "error"
+    except _Failed as failed:
+        reply, status = failed.reply, "error"
     except Exception:
         log.exception("engine failed on request %s", env.request_id)
-        error = ErrorReply(request_id=env.request_id, status=500, code="engine_error",
-                           message="the model failed while answering; the error is logged with "
-                                   f"request id {env.request_id}")
-        await sink.reply(env, error)
-        return error
-    finally:
-        event = _usage(env, who, status, last, len(prompt), queue_seconds, time.monotonic() - started)
-        # Exactly one usage event, whatever happened, even while the task is being cancelled.
-        await asyncio.shield(sink.usage(event))
+        reply, status = ErrorReply(
+            request_id=env.request_id, status=500, code="engine_error",
+            message=f"the model failed while answering; the error is logged with request id {env.request_id}",
+        ), "error"
+    # Usage first, then the reply, on the same connection: see the contract above.
+    await asyncio.shield(_report(sink, env, who, status, last, len(prompt) if in_engine else 0,
+                                 queue_seconds, started))
+    if isinstance(reply, Final) and reply.timings is not None:
+        reply.timings.sent_at = time.time()
+    await sink.reply(env, reply)
+    return reply
+
+
+class _Failed(Exception):
+    """Carries the reply for a failure already logged."""
+
+    def __init__(self, reply: ErrorReply) -> None:
+        super().__init__(reply.message)
+        self.reply = reply
+
+
+async def _report(sink: ReplySink, env: TaskEnvelope, who: WorkerIdentity, status: str, last: EngineStep | None,
+                  prompt_tokens: int, queue_seconds: float, started: float) -> None:
+    """Send the one usage event of ``env``; a failure to send is logged, never raised over the reply."""
+    event = _usage(env, who, status, last, prompt_tokens, queue_seconds, time.monotonic() - started)
+    try:
+        await sink.usage(event)
+    except Exception:
+        log.exception("usage event of %s could not be sent", env.request_id)
 
 
 def _final(env: TaskEnvelope, who: WorkerIdentity, text: str, last: EngineStep | None, prompt_tokens: int,

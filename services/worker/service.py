@@ -62,13 +62,22 @@ class BusSink:
     """Replies and usage events onto the bus. Bulk results and usage go to JetStream with a
     message id, so a redelivered task that is answered twice is stored and charged once.
 
-    Interactive replies take the request path's lane; usage events wait in the outbox, off the
-    answer's critical path (a bulk task still waits until its event is stored: it is acknowledged
-    only after that)."""
+    Interactive replies take the request path's lane. A usage event is announced on the same
+    connection before the reply it charges, and its acknowledgement is collected off the
+    answer's path by the outbox (a bulk task still waits until its event is stored: it is
+    acknowledged only after that)."""
 
-    def __init__(self, broker: NatsBroker, usage_delay_s: float) -> None:
+    def __init__(self, broker: NatsBroker, usage_ack_timeout_s: float) -> None:
         self._broker = broker
-        self.outbox = UsageOutbox(self.store_usage, delay_s=usage_delay_s)
+        self._js: JetStreamContext | None = None
+        self.outbox = UsageOutbox(self.announce_usage, self.store_usage, ack_timeout_s=usage_ack_timeout_s)
+
+    @property
+    def js(self) -> JetStreamContext:
+        # One context for the process: its asynchronous publishes share one reply subscription.
+        if self._js is None:
+            self._js = self._broker.connection.jetstream()
+        return self._js
 
     async def reply(self, env: TaskEnvelope, message: Chunk | Final | ErrorReply) -> None:
         if env.priority is Priority.BULK:
@@ -82,16 +91,22 @@ class BusSink:
             await lane.publish(self._broker.connection, env.reply_subject, message)
 
     async def usage(self, event: UsageEvent) -> None:
-        stored = self.outbox.put(event, lane.trace_headers())
+        stored = await self.outbox.put(event, lane.trace_headers())
         if event.priority is Priority.BULK:
             await stored
 
-    async def store_usage(self, event: UsageEvent, trace: dict[str, str] | None) -> None:
-        """Publish one usage event to JetStream and wait until it is stored (the outbox's sender)."""
-        await self._broker.connection.jetstream().publish(
-            USAGE_SUBJECT, event.model_dump_json().encode(), stream=USAGE_STREAM.name,
-            headers={**(trace or {}), "Nats-Msg-Id": f"usage-{event.request_id}"},
-        )
+    def _usage_message(self, event: UsageEvent, trace: dict[str, str] | None) -> tuple[bytes, dict[str, str]]:
+        return event.model_dump_json().encode(), {**(trace or {}), "Nats-Msg-Id": f"usage-{event.request_id}"}
+
+    async def announce_usage(self, event: UsageEvent, trace: dict[str, str] | None) -> asyncio.Future[object]:
+        """Put one usage event on the connection now; the future resolves with JetStream's ack."""
+        data, headers = self._usage_message(event, trace)
+        return await self.js.publish_async(USAGE_SUBJECT, data, stream=USAGE_STREAM.name, headers=headers)
+
+    async def store_usage(self, event: UsageEvent, trace: dict[str, str] | None) -> object:
+        """Publish one usage event to JetStream and wait until it is stored (the outbox's re-send)."""
+        data, headers = self._usage_message(event, trace)
+        return await self.js.publish(USAGE_SUBJECT, data, stream=USAGE_STREAM.name, headers=headers)
 
 
 class WorkerService:
@@ -106,7 +121,7 @@ class WorkerService:
         self.engine: Engine | None = None
         provider = setup_tracing(self.name, settings)
         self.broker = make_broker(self.name, settings, provider)
-        self.sink = BusSink(self.broker, settings.usage_delay_s)
+        self.sink = BusSink(self.broker, settings.usage_ack_timeout_s)
         self.capacity = Capacity(settings.max_num_seqs, settings.max_waiting, settings.interactive_reserve)
         self.identity = WorkerIdentity(settings.instance_id, settings.tier, settings.model_name,
                                        settings.default_max_tokens)
@@ -161,13 +176,19 @@ class WorkerService:
 
     async def _run(self, env: TaskEnvelope, queued_at: float,
                    on_done: Callable[[bool], object] | None, announce: bool) -> None:
+        """Answer one task. ``answer`` itself sends exactly one last reply and one usage event
+        whatever fails; what can still raise here is the bus itself (the reply could not be sent),
+        and then a bulk task is left unacknowledged for another attempt."""
         assert self.engine is not None
         ok = False
         try:
             if announce:
-                await lane.publish(self.broker.connection, env.reply_subject,
-                                   Accepted(request_id=env.request_id, stage=INFER_STAGE,
-                                            instance=self.identity.worker_id))
+                try:
+                    await lane.publish(self.broker.connection, env.reply_subject,
+                                       Accepted(request_id=env.request_id, stage=INFER_STAGE,
+                                                instance=self.identity.worker_id))
+                except Exception:
+                    log.warning("could not tell ingress that %s is taken; answering anyway", env.request_id)
             with tracer.start_as_current_span(f"infer {self.identity.tier}", attributes={
                     "sf.request_id": env.request_id, "sf.priority": env.priority.value}):
                 await answer(env, self.engine, self.sink, self.identity,
@@ -176,7 +197,7 @@ class WorkerService:
         except asyncio.CancelledError:
             pass
         except Exception:
-            log.exception("request %s failed outside the engine", env.request_id)
+            log.exception("request %s: its answer could not be sent", env.request_id)
         finally:
             if on_done is not None:
                 result = on_done(ok)

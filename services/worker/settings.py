@@ -38,9 +38,10 @@ class WorkerSettings(ServiceSettings):
     heartbeat_interval_s: float = Field(default=1.0, gt=0, description="Seconds between heartbeats.")
     bulk_enabled: bool = Field(default=True, description="Whether this worker takes bulk work.")
     bulk_ack_wait_s: float = Field(default=60.0, gt=1, description="Redeliver bulk work unacked this long.")
-    usage_delay_s: float = Field(
-        default=0.05, ge=0, le=5,
-        description="Usage events are sent this long after the answer, batched, off its critical path.",
+    usage_ack_timeout_s: float = Field(
+        default=5.0, gt=0, le=60,
+        description="A usage event (published ahead of its answer, unawaited) whose storage JetStream "
+                    "has not acknowledged this long is published again (stored once, by message id).",
     )
     bulk_max_deliveries: int = Field(default=5, ge=1, description="Attempts before a bulk item is dropped.")
 

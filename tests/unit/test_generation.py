@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from contracts.subjects import Priority
-from contracts.v1 import Chunk, ErrorReply, Final, TaskEnvelope, UsageEvent
+from contracts.v1 import ChatMessage, Chunk, ErrorReply, Final, TaskEnvelope, UsageEvent
 from services.worker.generation import ENGINE_PRIORITY, WorkerIdentity, answer
 from tests.support.fakes import REPLY, FakeEngine
 
@@ -21,12 +22,23 @@ class ListSink:
     def __init__(self) -> None:
         self.replies: list[Chunk | Final | ErrorReply] = []
         self.usages: list[UsageEvent] = []
+        #: Everything sent, in order: ("reply", type name) or ("usage", status).
+        self.sent: list[tuple[str, str]] = []
 
     async def reply(self, env: TaskEnvelope, message: Chunk | Final | ErrorReply) -> None:
         self.replies.append(message)
+        self.sent.append(("reply", type(message).__name__))
 
     async def usage(self, event: UsageEvent) -> None:
         self.usages.append(event)
+        self.sent.append(("usage", event.status))
+
+
+class BrokenTemplate(FakeEngine):
+    """An engine whose chat template fails to render (as a Jinja error would)."""
+
+    def render(self, messages: Sequence[ChatMessage]) -> list[int]:
+        raise ValueError("jinja2.exceptions.TemplateError: Conversation roles must alternate")
 
 
 def envelope(**request: object) -> TaskEnvelope:
@@ -54,18 +66,39 @@ async def test_non_streaming_sends_only_the_final() -> None:
     assert [type(r) for r in sink.replies] == [Final]
 
 
-async def test_context_overflow_is_a_400_naming_max_tokens_and_charges_nothing() -> None:
+async def test_context_overflow_is_a_400_naming_max_tokens_recorded_at_no_charge() -> None:
     sink = ListSink()
     result = await answer(envelope(max_tokens=10_000), FakeEngine(max_model_len=64), sink, WHO)
     assert isinstance(result, ErrorReply)
     assert (result.status, result.param, result.code) == (400, "max_tokens", "context_length_exceeded")
-    assert sink.usages == []
+    [usage] = sink.usages
+    assert (usage.status, usage.prompt_tokens, usage.completion_tokens) == ("error", 0, 0)
+
+
+async def test_a_renderer_that_raises_answers_at_once_naming_the_request_and_records_one_event() -> None:
+    sink = ListSink()
+    env = envelope(max_tokens=8)
+    result = await answer(env, BrokenTemplate(), sink, WHO)
+    assert isinstance(result, ErrorReply) and result.status == 500
+    assert env.request_id in result.message
+    assert sink.sent == [("usage", "error"), ("reply", "ErrorReply")]
+    assert (sink.usages[0].prompt_tokens, sink.usages[0].completion_tokens) == (0, 0)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_usage_event_goes_out_before_the_last_reply(stream: bool) -> None:
+    sink = ListSink()
+    await answer(envelope(max_tokens=3, stream=stream), FakeEngine(), sink, WHO)
+    assert sink.sent[-2:] == [("usage", "ok"), ("reply", "Final")]
+    assert [kind for kind, _ in sink.sent].count("usage") == 1
 
 
 async def test_engine_failure_is_a_500_and_still_reports_usage() -> None:
     sink = ListSink()
-    result = await answer(envelope(max_tokens=8), FakeEngine(fail_after=2), sink, WHO)
-    assert isinstance(result, ErrorReply) and result.status == 500
+    env = envelope(max_tokens=8)
+    result = await answer(env, FakeEngine(fail_after=2), sink, WHO)
+    assert isinstance(result, ErrorReply) and result.status == 500 and env.request_id in result.message
+    assert sink.sent[-2:] == [("usage", "error"), ("reply", "ErrorReply")]
     assert [u.status for u in sink.usages] == ["error"]
     assert sink.usages[0].completion_tokens == 2
 
