@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from contracts.v1 import UsageEvent
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 Headers = dict[str, str] | None
 #: Hands one event to the connection now (in order with what is published after it) and returns
 #: a future that resolves with the server's acknowledgement (or fails).
-AnnounceUsage = Callable[[UsageEvent, Headers], Awaitable["asyncio.Future[object]"]]
+AnnounceUsage = Callable[[UsageEvent, Headers], Awaitable["asyncio.Future[Any]"]]
 #: Publishes one event and returns once the server stored it (used for re-sends).
 SendUsage = Callable[[UsageEvent, Headers], Awaitable[object]]
 
@@ -37,7 +38,7 @@ class _Pending:
     headers: Headers
     stored: asyncio.Future[None]
     #: The acknowledgement of the announcement; None once it failed (the event needs a re-send).
-    ack: asyncio.Future[object] | None
+    ack: asyncio.Future[Any] | None
     #: When to stop waiting for ``ack`` and re-send.
     resend_at: float
 
@@ -84,7 +85,7 @@ class UsageOutbox:
             ack.add_done_callback(lambda done: self._acknowledged(entry, done))
         return entry.stored
 
-    def _acknowledged(self, entry: _Pending, ack: asyncio.Future[object]) -> None:
+    def _acknowledged(self, entry: _Pending, ack: asyncio.Future[Any]) -> None:
         if ack.cancelled() or ack.exception() is not None:
             reason = "cancelled" if ack.cancelled() else repr(ack.exception())
             log.warning("usage event %s not stored (%s); re-sending", entry.event.request_id, reason)

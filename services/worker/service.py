@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
@@ -98,7 +99,7 @@ class BusSink:
     def _usage_message(self, event: UsageEvent, trace: dict[str, str] | None) -> tuple[bytes, dict[str, str]]:
         return event.model_dump_json().encode(), {**(trace or {}), "Nats-Msg-Id": f"usage-{event.request_id}"}
 
-    async def announce_usage(self, event: UsageEvent, trace: dict[str, str] | None) -> asyncio.Future[object]:
+    async def announce_usage(self, event: UsageEvent, trace: dict[str, str] | None) -> asyncio.Future[Any]:
         """Put one usage event on the connection now; the future resolves with JetStream's ack."""
         data, headers = self._usage_message(event, trace)
         return await self.js.publish_async(USAGE_SUBJECT, data, stream=USAGE_STREAM.name, headers=headers)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,13 +33,13 @@ class Server:
         self.announced: list[str] = []
         self.resent: list[str] = []
         self.stored: dict[str, int] = {}
-        self.pending: list[tuple[str, asyncio.Future[object]]] = []
+        self.pending: list[tuple[str, asyncio.Future[Any]]] = []
 
-    async def announce(self, ev: UsageEvent, headers: dict[str, str] | None) -> asyncio.Future[object]:
+    async def announce(self, ev: UsageEvent, headers: dict[str, str] | None) -> asyncio.Future[Any]:
         if self.ack == "raise":
             raise ConnectionError("connection closed")
         self.announced.append(ev.request_id)
-        ack: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending.append((ev.request_id, ack))
         if self.ack == "ok":
             asyncio.get_running_loop().call_later(0.01, self._ack, ev.request_id, ack)
@@ -46,7 +47,7 @@ class Server:
             asyncio.get_running_loop().call_later(0.01, ack.set_exception, RuntimeError("stream full"))
         return ack
 
-    def _ack(self, request_id: str, ack: asyncio.Future[object]) -> None:
+    def _ack(self, request_id: str, ack: asyncio.Future[Any]) -> None:
         self.stored[request_id] = 1
         ack.set_result({"seq": len(self.stored)})
 
