@@ -1,6 +1,6 @@
 """Version 1 of the wire contracts. Within v1 fields may only be added, optional, with defaults."""
 
-from contracts.v1.chat import ChatMessage, ChatRequest, StreamOptions, WireModel
+from contracts.v1.chat import ChatMessage, ChatRequest, JsonSchemaFormat, ResponseFormat, StreamOptions, WireModel
 from contracts.v1.envelope import Route, StageMark, TaskEnvelope
 from contracts.v1.events import (
     CancelRequest,
@@ -23,8 +23,10 @@ __all__ = [
     "ErrorReply",
     "Final",
     "HopAck",
+    "JsonSchemaFormat",
     "PathTimings",
     "Reply",
+    "ResponseFormat",
     "Route",
     "StageMark",
     "StreamOptions",

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from contracts.v1.json_schema import check_json_schema
+
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
 #: Limits that keep one request from monopolising a worker; ingress reports them as 400s.
@@ -53,12 +55,62 @@ class StreamOptions(WireModel):
     )
 
 
+class JsonSchemaFormat(WireModel):
+    """OpenAI's ``response_format.json_schema``: the schema the answer must satisfy."""
+
+    # Dumped as ``schema`` on the bus too: ``schema`` shadows a BaseModel attribute in Python.
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+
+    name: str = Field(
+        min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+        description="Name of the response format (a-z, A-Z, 0-9, _ and -, at most 64 characters).",
+    )
+    schema_: dict[str, Any] = Field(
+        alias="schema",
+        description="A JSON Schema (draft 2020-12 unless `$schema` names another draft). The answer is "
+                    "generated under a grammar built from it, so a complete answer is valid against it.",
+    )
+
+    @field_validator("schema_", mode="after")
+    @classmethod
+    def _valid_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_json_schema(value)
+        return value
+
+
+class ResponseFormat(WireModel):
+    """OpenAI's ``response_format``: free text, any JSON object, or JSON valid against a schema."""
+
+    type: Literal["text", "json_object", "json_schema"] = Field(
+        description="`text` (default), `json_object` (the answer is a JSON object) or `json_schema` "
+                    "(the answer is JSON valid against `json_schema.schema`).",
+    )
+    json_schema: JsonSchemaFormat | None = Field(
+        default=None, description="The schema; required with type `json_schema`, refused with the others.",
+    )
+
+    @model_validator(mode="after")
+    def _schema_iff_json_schema(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type 'json_schema' needs a json_schema object with a name and a schema")
+        if self.type != "json_schema" and self.json_schema is not None:
+            raise ValueError(f"json_schema is only read with type 'json_schema', not {self.type!r}; "
+                             "remove it or change the type")
+        return self
+
+    @property
+    def schema_constraint(self) -> dict[str, Any] | None:
+        """The JSON Schema the answer must satisfy, or None."""
+        return self.json_schema.schema_ if self.json_schema is not None else None
+
+
 class ChatRequest(WireModel):
     """``POST /v1/chat/completions`` body: the subset of OpenAI's fields skinflint honours.
 
     Fields OpenAI defines but skinflint cannot honour (``n`` > 1, tools, logprobs) are rejected
     with a 400 rather than silently ignored, so a client never gets an answer to a question it
-    did not ask.
+    did not ask. Like every wire model it ignores fields it does not know (forward compatibility
+    on the bus); ingress refuses those before parsing (``services.ingress.fields``).
     """
 
     model: str = Field(min_length=1, description="Public model name; see GET /v1/models.")
@@ -80,9 +132,16 @@ class ChatRequest(WireModel):
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0, description="OpenAI frequency penalty.")
     stream: bool = Field(default=False, description="Answer as server-sent events.")
     stream_options: StreamOptions | None = Field(default=None, description="Streaming options.")
-    user: str | None = Field(default=None, description="End-user id, recorded, never used for routing.")
+    user: str | None = Field(
+        default=None, description="End-user id (OpenAI uses it against abuse); accepted, changes nothing."
+    )
     tools: list[Any] | None = Field(default=None, description="Not supported yet: must be absent or empty.")
     logprobs: bool | None = Field(default=None, description="Not supported: must be absent or false.")
+    response_format: ResponseFormat | None = Field(
+        default=None,
+        description="Constrain the answer to JSON (`json_object`) or to a JSON Schema (`json_schema`). "
+                    "An answer cut short by max_tokens (finish_reason `length`) is incomplete JSON.",
+    )
 
     @field_validator("stop", mode="after")
     @classmethod

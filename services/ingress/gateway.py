@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from contracts.subjects import Priority, reply_subject
 from contracts.v1 import ChatRequest, Chunk, Final, Route, TaskEnvelope
 from services.ingress.dispatch import Dispatcher
+from services.ingress.fields import refuse_unhonoured
 from services.ingress.settings import IngressSettings
 from services.ingress.tenants import Caller, Gate
 from services.shared.errors import BadRequest, NotFound
@@ -37,9 +38,11 @@ def describe_validation_error(exc: ValidationError) -> BadRequest:
 
 
 def parse_chat_request(data: Any) -> ChatRequest:
-    """Validate a decoded JSON body (dict) into a ``ChatRequest`` or raise a 400 naming the field."""
+    """Validate a decoded JSON body (dict) into a ``ChatRequest`` or raise a 400 naming the field,
+    including any field skinflint would not honour (``services.ingress.fields``)."""
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
+    refuse_unhonoured(data)
     try:
         return ChatRequest.model_validate(data)
     except ValidationError as exc:

@@ -19,6 +19,7 @@ from contracts.subjects import USAGE_QUERY_SUBJECT
 from contracts.v1 import ChatRequest, Chunk, Final, UsageQuery, UsageReport
 from services.ingress import openai_format as fmt
 from services.ingress.dispatch import phases_ms
+from services.ingress.fields import published_schema
 from services.ingress.gateway import (
     Gateway,
     decode_json,
@@ -231,13 +232,14 @@ def create_http_app(gateway: Gateway) -> FastAPI:
 
 
 def _publish_body_schema(app: FastAPI) -> None:
-    """The chat body is parsed by hand (to control the 400s), so its schema is added explicitly."""
+    """The chat body is parsed by hand (to control the 400s), so its schema is added explicitly,
+    as ingress takes it: closed objects, with the fields accepted though they change nothing."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             spec = build()
-            schema = ChatRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            schema = published_schema(ChatRequest.model_json_schema(ref_template="#/components/schemas/{model}"))
             components = spec.setdefault("components", {}).setdefault("schemas", {})
             components.update(schema.pop("$defs", {}))
             components["ChatRequest"] = schema

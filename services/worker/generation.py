@@ -76,6 +76,8 @@ def plan(env: TaskEnvelope, engine: Engine, who: WorkerIdentity) -> tuple[list[i
         seed=req.seed,
         presence_penalty=req.presence_penalty,
         frequency_penalty=req.frequency_penalty,
+        json_object=req.response_format is not None and req.response_format.type == "json_object",
+        json_schema=req.response_format.schema_constraint if req.response_format is not None else None,
     )
     return prompt, params
 

@@ -1,7 +1,8 @@
 """A deterministic stand-in for vLLM, for unit, component and integration tests.
 
 It "tokenizes" by words and answers by echoing a fixed reply word by word, at a configurable
-pace, so tests can hold a request in flight long enough to kill or drain a worker.
+pace, so tests can hold a request in flight long enough to kill or drain a worker. Like vLLM's
+grammar backend, it refuses a ``json_schema`` with a keyword it cannot enforce (here: ``not``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 from contracts.v1 import ChatMessage
-from services.worker.engine import EngineStep, GenerationParams
+from services.worker.engine import EngineStep, GenerationParams, refusal
 
 REPLY = ["Paris", "is", "the", "capital", "of", "France", "and", "its", "largest", "city", "by", "far", "today"]
 
@@ -23,6 +24,8 @@ class FakeEngine:
         self.fail_after = fail_after
         self.aborted: list[str] = []
         self.priorities: list[int] = []
+        #: The parameters of every request it was asked to generate, in order.
+        self.params: list[GenerationParams] = []
         self.closed = False
 
     def render(self, messages: Sequence[ChatMessage]) -> list[int]:
@@ -32,6 +35,9 @@ class FakeEngine:
     async def stream(self, request_id: str, prompt: list[int], params: GenerationParams,
                      priority: int) -> AsyncIterator[EngineStep]:
         self.priorities.append(priority)
+        self.params.append(params)
+        if params.json_schema is not None and "not" in params.json_schema:
+            raise refusal(ValueError('Grammar error: Unimplemented keys: ["not"]'), params)
         n = min(params.max_tokens, len(REPLY))
         for i in range(n):
             if self.fail_after is not None and i >= self.fail_after:
