@@ -20,6 +20,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 from contracts.v1 import UsageEvent, UsageQuery, UsageReport, UsageRow
+from services.accounting.migrate import upgrade_ledger
 from services.accounting.pricing import Charge, nanos_to_usd
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 class Base(DeclarativeBase):
-    pass
+    """The ledger's tables. Alembic owns the schema: a change here needs a new revision in
+    ``migrations/versions/`` (``infra/README.md``, "Ledger migrations"), or the tests fail."""
 
 
 class UsageRecord(Base):
@@ -158,10 +160,13 @@ class Ledger:
         self._dialect = dialect
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
 
-    async def create_schema(self) -> None:
-        """Create the table and indexes if missing (idempotent; every replica may call it)."""
-        async with self._engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
+    async def create_schema(self) -> str:
+        """Create the tables, or upgrade them, to the newest migration and return its revision.
+
+        Idempotent and safe when every replica calls it at once; raises ``LedgerSchemaError`` for
+        a database this code cannot use (see ``services.accounting.migrate.upgrade_ledger``).
+        """
+        return await upgrade_ledger(self._engine)
 
     async def record(self, usage: UsageEvent, charge: Charge) -> bool:
         """Store one charged request; True if it is new, False if ``request_id`` was there already.

@@ -137,10 +137,12 @@ class AccountingService:
 
     # --- Service --------------------------------------------------------------------------
     async def open_ledger(self) -> AsyncEngine:
-        """Connect to the ledger database and create its tables if they are missing."""
+        """Connect to the ledger database and bring its schema to the newest migration (creating
+        it on an empty database); raises ``LedgerSchemaError`` for one this code cannot use."""
         self.engine = engine = make_engine(self.settings.database_url)
         self.ledger = Ledger(engine)
-        await self.ledger.create_schema()
+        revision = await self.ledger.create_schema()
+        log.info("ledger schema at revision %s", revision)
         return engine
 
     async def start(self) -> None:
