@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from alembic import command
+from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import (
     BigInteger,
@@ -36,6 +37,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from services.accounting import migrate
 from services.accounting.__main__ import main
 from services.accounting.ledger import Ledger, make_engine
 from services.accounting.migrate import LedgerSchemaError, alembic_config, upgrade_ledger
@@ -173,6 +175,26 @@ async def test_replicas_starting_at_once_migrate_once(new_engine: EngineFactory)
     engines = [new_engine() for _ in range(4)]
     assert await asyncio.gather(*(upgrade_ledger(e) for e in engines)) == [HEAD] * 4
     assert await revision_of(engines[0]) == [HEAD]
+
+
+async def test_a_failed_migration_leaves_the_database_as_it_was(new_engine: EngineFactory,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    class FailsAfterUpgrading:
+        """Alembic's commands, but the upgrade fails after running every statement."""
+
+        stamp = staticmethod(command.stamp)
+
+        @staticmethod
+        def upgrade(config: Config, revision: str) -> None:
+            command.upgrade(config, revision)
+            raise RuntimeError("the last statement failed")
+
+    monkeypatch.setattr(migrate, "command", FailsAfterUpgrading)
+    engine = new_engine()
+    with pytest.raises(RuntimeError, match="the last statement failed"):
+        await upgrade_ledger(engine)
+    async with engine.connect() as conn:
+        assert await conn.run_sync(lambda c: inspect(c).get_table_names()) == []
 
 
 async def set_revision(engine: AsyncEngine, revision: str) -> None:
