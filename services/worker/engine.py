@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from contracts.v1 import ChatMessage
+from services.shared import lifeline
 from services.shared.errors import BadRequest
 from services.worker.settings import Dtype, WorkerSettings
 
@@ -203,6 +204,7 @@ class VllmEngine:
             kv_cache_memory_bytes=int(settings.kv_cache_gib * 1024**3),
             structured_outputs_config=StructuredOutputsConfig(**STRUCTURED_OUTPUTS),
         )
+        lifeline.bind_children(what="the worker")  # its engine processes die with it, however it dies
         self._llm = AsyncLLM.from_engine_args(args)
         self._renderer = PromptRenderer(self._llm.get_tokenizer())
         self.max_model_len = settings.max_model_len
