@@ -2,6 +2,12 @@
 
 Used by ``make run`` (scripts/run_local.py), the end-to-end tests and the benchmarks, so all
 three start skinflint exactly the way a user does.
+
+Every process started here from the main thread gets SIGTERM when the launcher ends, however it
+dies (``services.shared.lifeline``), and runs in a process group of its own, which is killed once
+it has stopped: what it started (a worker's engine processes) goes with it. A caller
+that wants processes that stop on their own started again calls ``supervise_once`` every second
+or so (``make run`` does; tests that kill a process on purpose do not).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +30,8 @@ from typing import IO, Any
 
 import httpx
 
-from services.shared import sched
+from services.restarts import Backoff, exit_reason, restartable
+from services.shared import lifeline, sched
 from services.shared.settings import ServiceSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +44,11 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """Whether a server could listen on ``port`` now. Connections of a server that stopped a
+    moment ago, waiting out TCP's TIME_WAIT, do not count: servers (nats-server, uvicorn) bind
+    with SO_REUSEADDR, and so does this check."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -69,9 +81,30 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float) ->
 
 @dataclass
 class Proc:
+    """One process of a stack, and what it takes to start it again the same way."""
+
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    argv: list[str] = field(default_factory=list)
+    #: The environment it was given over the stack's (ports included).
+    env: dict[str, str] = field(default_factory=dict)
+    #: Where its /healthz, /readyz and /metrics are served (ingress: its HTTP port).
+    health_port: int | None = None
+    started_at: float = field(default_factory=time.monotonic)
+    #: Its last lines of output.
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+    pump: threading.Thread | None = None
+
+    def last_line(self) -> str:
+        """Its last line of output, once what it wrote before it stopped has been read."""
+        if self.pump is not None:
+            self.pump.join(timeout=2)
+        return next((line for line in reversed(self.tail) if line.strip()), "(no output)")
+
+
+class ServiceStopped(RuntimeError):
+    """A process stopped in a way that restarting would not mend (its configuration is wrong)."""
 
 
 @dataclass
@@ -86,19 +119,27 @@ class Stack:
     http_port: int = 0
     #: Where ``wait_ready`` put the processes started here, but the workers (empty: anywhere).
     request_path_cpus: frozenset[int] = frozenset()
+    #: The restart policy of each process that ``supervise_once`` starts again.
+    backoff: Callable[[], Backoff] = Backoff
+    _backoffs: dict[str, Backoff] = field(default_factory=dict, init=False, repr=False)
+    #: Processes to start again, and when (``time.monotonic()``).
+    _due: dict[str, float] = field(default_factory=dict, init=False, repr=False)
 
     def _spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> Proc:
         log_dir = self.var_dir / "log"
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"{name}.log"
+        extra = dict(extra_env or {})
         # Each stack keeps its ledger in its own folder unless told otherwise.
         env = {"SF_DATABASE_URL": f"sqlite+aiosqlite:///{self.var_dir / 'skinflint.db'}",
-               **os.environ, **self.env, **(extra_env or {})}
+               **os.environ, **self.env, **extra}
         env["PYTHONUNBUFFERED"] = "1"
+        # SIGTERM, not SIGKILL, when the launcher dies: a service drains and stops what it started.
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        handle = Proc(name, proc, log_path)
-        threading.Thread(target=self._pump, args=(handle,), daemon=True).start()
+                                start_new_session=True, preexec_fn=lifeline.die_with_parent_preexec(signal.SIGTERM))
+        handle = Proc(name, proc, log_path, argv=list(argv), env=extra)
+        handle.pump = threading.Thread(target=self._pump, args=(handle,), daemon=True)
+        handle.pump.start()
         self.procs[name] = handle
         return handle
 
@@ -108,8 +149,10 @@ class Stack:
             for raw in iter(proc.process.stdout.readline, b""):
                 log.write(raw)
                 log.flush()
+                line = raw.decode(errors="replace").rstrip()
+                proc.tail.append(line)
                 if self.echo is not None:
-                    self.echo(proc.name, raw.decode(errors="replace").rstrip())
+                    self.echo(proc.name, line)
 
     def start_nats(self, port: int = 4222) -> str:
         """Our own nats-server with JetStream on ``port`` (or a free one if that is taken)."""
@@ -120,14 +163,26 @@ class Stack:
         proc = self._spawn("nats", [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js",
                                     "-sd", str(store)])
         wait_for_port(port, proc.process, 15)
-        # nats-server is on every request's path twice: it gets the services' short slices.
-        sched.apply_request_path_slice(self._service_settings().sched_slice_us, "nats-server", proc.process.pid)
+        self._nats_slice(proc)
         self.nats_url = f"nats://127.0.0.1:{port}"
         self.env["SF_NATS_URL"] = self.nats_url
         return self.nats_url
 
+    def _nats_slice(self, proc: Proc) -> None:
+        # nats-server is on every request's path twice: it gets the services' short slices.
+        sched.apply_request_path_slice(self._service_settings().sched_slice_us, "nats-server", proc.process.pid)
+
     def start_service(self, name: str, module: str, extra_env: dict[str, str] | None = None) -> Proc:
-        return self._spawn(name, [sys.executable, "-m", module], extra_env)
+        """``python -m module``. Every service but ingress (which serves them on its HTTP port)
+        gets a free port for its health and metrics endpoints (``SF_HEALTH_PORT``), unless
+        ``extra_env`` names one."""
+        env = dict(extra_env or {})
+        if module != "services.ingress":
+            env.setdefault("SF_HEALTH_PORT", str(free_port()))
+        proc = self._spawn(name, [sys.executable, "-m", module], env)
+        if "SF_HEALTH_PORT" in env:
+            proc.health_port = int(env["SF_HEALTH_PORT"])
+        return proc
 
     def start_ingress(self, port: int = 8000, extra_env: dict[str, str] | None = None,
                       timeout_s: float = 30) -> int:
@@ -135,6 +190,7 @@ class Stack:
             raise RuntimeError(f"port {port} is taken; set SF_PORT to another one")
         env = {"SF_PORT": str(port), **(extra_env or {})}
         proc = self.start_service("ingress", "services.ingress", env)
+        proc.health_port = port
         wait_for_port(port, proc.process, timeout_s)
         self.http_port = port
         return port
@@ -169,30 +225,85 @@ class Stack:
                 if f"SF_{name.upper()}" in self.env}
         return ServiceSettings(**ours)
 
+    def metrics_targets(self) -> dict[str, str]:
+        """Prometheus scrape targets: process name -> ``127.0.0.1:port`` of its ``/metrics``
+        (nats-server has none)."""
+        return {name: f"127.0.0.1:{proc.health_port}" for name, proc in self.procs.items()
+                if proc.health_port is not None}
+
     def check_alive(self) -> None:
         for proc in self.procs.values():
-            if proc.process.poll() is not None:
-                raise RuntimeError(f"{proc.name} exited with code {proc.process.returncode}; "
-                                   f"see {proc.log_path}")
+            code = proc.process.poll()
+            if code is not None:
+                raise self._stopped_error(proc, code)
+
+    def _stopped_error(self, proc: Proc, code: int) -> RuntimeError:
+        if not restartable(code):
+            return ServiceStopped(f"{proc.name} {exit_reason(code)}, its configuration is wrong: "
+                                  f"{proc.last_line()}")
+        return RuntimeError(f"{proc.name} {exit_reason(code)}; see {proc.log_path}")
+
+    def supervise_once(self) -> list[str]:
+        """Look after every process once. One that has stopped on its own is logged, what is
+        left of its process group (a worker's engine processes) is killed, and it is started
+        again with the same command and environment (ports included) after a backoff
+        (``services.restarts.Backoff``). Call it every second or so, from the thread that
+        started the stack (children are bound to that thread's life). Returns what happened,
+        a line each. Raises ``ServiceStopped`` for a process whose configuration is wrong."""
+        now = time.monotonic()
+        events = []
+        for name, proc in list(self.procs.items()):
+            code = proc.process.poll()
+            if code is None or name in self._due:
+                continue
+            self._kill_group(proc)
+            if not restartable(code):
+                raise self._stopped_error(proc, code)
+            delay = self._backoffs.setdefault(name, self.backoff()).delay_s(now - proc.started_at)
+            self._due[name] = now + delay
+            events.append(f"{name} {exit_reason(code)} (see {proc.log_path}); starting it again in {delay:g} s")
+        for name, due in list(self._due.items()):
+            if due <= now:
+                del self._due[name]
+                proc = self._restart(self.procs[name])
+                events.append(f"{name} started again (pid {proc.process.pid})")
+        return events
+
+    def _restart(self, old: Proc) -> Proc:
+        proc = self._spawn(old.name, old.argv, old.env)
+        proc.health_port = old.health_port
+        if old.name == "nats":
+            self._nats_slice(proc)
+        if self.request_path_cpus and not old.name.startswith("worker"):
+            with contextlib.suppress(OSError):
+                sched.pin_process(proc.process.pid, self.request_path_cpus)
+        return proc
+
+    @staticmethod
+    def _kill_group(proc: Proc) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.process.pid, signal.SIGKILL)
 
     def stop_one(self, name: str, sig: int = signal.SIGTERM, timeout_s: float = 40) -> int | None:
         proc = self.procs.pop(name, None)
-        if proc is None or proc.process.poll() is not None:
-            return None if proc is None else proc.process.returncode
+        self._due.pop(name, None)
+        if proc is None:
+            return None
+        if proc.process.poll() is not None:
+            self._kill_group(proc)  # what it left behind
+            return proc.process.returncode
         # The service itself gets the signal (it drains, then stops vLLM's engine processes in
         # order); only if it does not exit in time is its whole process group killed.
         proc.process.send_signal(sig)
         try:
             return proc.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.process.pid, signal.SIGKILL)
+            self._kill_group(proc)
             return proc.process.wait()
         finally:
             if sig == signal.SIGKILL:
                 # A killed service cannot stop its children: take the group down with it.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.process.pid, signal.SIGKILL)
+                self._kill_group(proc)
 
     def stop(self) -> None:
         """Services first (they drain), the bus last."""
