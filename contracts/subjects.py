@@ -107,3 +107,8 @@ ACCOUNTING_DURABLE = "accounting"
 
 def bulk_durable(tier: str) -> str:
     return f"worker-{tier}-bulk"
+
+
+#: Every stage a request's itinerary may name, in the order a pipeline visits them. Stages arrive
+#: with their services (cache, classifier, retrieval); inference always ends the itinerary.
+KNOWN_STAGES: tuple[str, ...] = (INFER_STAGE,)

@@ -30,9 +30,11 @@ from contracts.v1 import UsageEvent, UsageQuery, UsageReport
 from services.accounting.ledger import Ledger, UnstorableUsage, make_engine
 from services.accounting.pricing import UNPRICED, Charge, PriceBook, UnknownTier
 from services.accounting.settings import AccountingSettings
+from services.shared import metrics
 from services.shared.broker import ensure_streams, make_broker
-from services.shared.settings import load_config_file
+from services.shared.deployment import load_pricebook
 from services.shared.telemetry import setup_tracing
+from services.shared.validation import summary
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ class AccountingService:
         self.settings = settings
         # Validated here, before anything connects: a typo in the price book stops start-up.
         if pricebook is None:
-            pricebook = load_config_file(settings.pricebook_file, PriceBook)
+            pricebook = load_pricebook(settings.pricebook_file)
         self.pricebook = pricebook
         self.engine: AsyncEngine | None = None
         self.ledger: Ledger | None = None
@@ -103,25 +105,35 @@ class AccountingService:
             usage = UsageEvent.model_validate_json(msg.body)
         except ValidationError as exc:
             log.error("rejecting a malformed usage event (stream seq %s): %s",
-                      _stream_seq(msg), _summary(exc))
+                      _stream_seq(msg), summary(exc))
+            metrics.USAGE_EVENTS.labels("rejected").inc()
             await msg.reject()
             return
         assert self.ledger is not None, "on_usage runs only after start()"
+        charge = self.charge(usage)
         try:
-            new = await self.ledger.record(usage, self.charge(usage))
+            new = await self.ledger.record(usage, charge)
         except (UnstorableUsage, DataError) as exc:
             log.error("rejecting usage event %s: the ledger cannot store it: %s", usage.request_id, exc)
+            metrics.USAGE_EVENTS.labels("rejected").inc()
             await msg.reject()
             return
         except (SQLAlchemyError, OSError) as exc:
             delay = retry_delay(self.settings, _deliveries(msg))
             log.warning("ledger write of %s failed (%s); redelivery in %.1f s", usage.request_id,
                         exc.__class__.__name__, delay)
+            metrics.USAGE_EVENTS.labels("retried").inc()
             await msg.nack(delay=delay)
             return
         await msg.ack()
         if not new:
             log.debug("usage event %s was already recorded", usage.request_id)
+            metrics.USAGE_EVENTS.labels("duplicate").inc()
+            return
+        metrics.USAGE_EVENTS.labels("recorded" if charge.priced else "unpriced").inc()
+        labels = (usage.tenant, usage.tier, usage.priority.value)
+        metrics.COST.labels(*labels, "actual").inc(charge.cost_nanousd / 1e9)
+        metrics.COST.labels(*labels, "reference").inc(charge.reference_nanousd / 1e9)
 
     async def on_query(self, query: UsageQuery) -> UsageReport:
         assert self.ledger is not None, "on_query runs only after start()"
@@ -167,6 +179,10 @@ class AccountingService:
         if self.engine is not None:
             await self.engine.dispose()
 
+    def ready(self) -> tuple[bool, dict[str, object]]:
+        connected = self.broker.connection is not None and self.broker.connection.is_connected
+        return connected and self.ledger is not None, {"bus": connected, "ledger": self.ledger is not None}
+
 
 def _stream_seq(msg: NatsMessage) -> int | None:
     """The message's stream sequence, for logs (None for a message that did not come from JetStream)."""
@@ -182,9 +198,3 @@ def _deliveries(msg: NatsMessage) -> int:
         return int(msg.raw_message.metadata.num_delivered)
     except NotJSMessageError:
         return 1
-
-
-def _summary(exc: ValidationError) -> str:
-    errors = exc.errors(include_url=False, include_input=False)
-    shown = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<body>'}: {e['msg']}" for e in errors[:5])
-    return shown + (f" (and {len(errors) - 5} more)" if len(errors) > 5 else "")

@@ -22,9 +22,7 @@ class AccountingSettings(ServiceSettings):
         description="The ledger: SQLite for one machine, PostgreSQL (postgresql+asyncpg://...) shared "
                     "by every replica in production.",
     )
-    pricebook_file: str = Field(
-        default="infra/config/pricebook.yaml", description="Prices per tier (validated at start-up)."
-    )
+    health_port: int = Field(default=9102, ge=0, le=65535, description="Port of /healthz, /readyz, /metrics.")
     consumer_batch_size: int = Field(
         default=64, ge=1, description="Usage events pulled at once and written concurrently."
     )

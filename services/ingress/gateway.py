@@ -19,6 +19,7 @@ from contracts.subjects import Priority, reply_subject
 from contracts.v1 import ChatRequest, Chunk, Final, Route, TaskEnvelope
 from services.ingress.dispatch import Dispatcher
 from services.ingress.fields import refuse_unhonoured
+from services.ingress.observe import Observation
 from services.ingress.settings import IngressSettings
 from services.ingress.tenants import Caller, Gate
 from services.shared.errors import BadRequest, NotFound
@@ -64,6 +65,15 @@ class Gateway:
         self.gate = gate
         self.dispatcher = dispatcher
 
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready when connected to the bus with at least one live worker (from heartbeats)."""
+        connection = self.dispatcher.broker.connection
+        connected = connection is not None and connection.is_connected
+        workers = self.dispatcher.workers.live()
+        return connected and bool(workers), {"bus": connected, "workers": [
+            {"id": w.worker_id, "tier": w.tier, "inflight": w.inflight_interactive + w.inflight_bulk,
+             "slots": w.slots} for w in workers]}
+
     def route(self, req: ChatRequest) -> Route:
         model = self.settings.models.get(req.model)
         if model is None:
@@ -87,22 +97,31 @@ class Gateway:
         )
 
     async def answer(self, caller: Caller, req: ChatRequest, request_id: str,
-                     received_at: float | None = None) -> AsyncGenerator[Chunk | Final, None]:
+                     received_at: float | None = None,
+                     observation: Observation | None = None) -> AsyncGenerator[Chunk | Final, None]:
         """Admit the request against the caller's limits and yield its replies.
 
         Raises before yielding anything for errors known up front (404, 429, 503), so a
-        streaming front end can still answer with a proper status code.
+        streaming front end can still answer with a proper status code. ``observation`` learns
+        the tenant, the tier and the first token; the front end finishes it.
         """
         span = trace.get_current_span()
         span.set_attribute("sf.request_id", request_id)
         span.set_attribute("sf.tenant", caller.tenant)
+        if observation is not None:
+            observation.tenant = caller.tenant
         route = self.route(req)
+        span.set_attribute("sf.tier", route.tier)
+        if observation is not None:
+            observation.tier = route.tier
         self.gate.admit(caller)
         try:
             env = self.envelope(caller, req, route, request_id, received_at or time.time())
             # aclosing: when our consumer stops early, the dispatcher's clean-up runs now, not at GC.
             async with contextlib.aclosing(self.dispatcher.replies(env, self.settings.request_timeout_s)) as replies:
                 async for reply in replies:
+                    if observation is not None and isinstance(reply, Chunk):
+                        observation.first_token()
                     yield reply
         finally:
             self.gate.release(caller)

@@ -11,7 +11,8 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,6 +27,7 @@ from services.ingress.gateway import (
     new_request_id,
     parse_chat_request,
 )
+from services.ingress.observe import Observation
 from services.ingress.ws import websocket_chat
 from services.shared.errors import (
     BadRequest,
@@ -141,20 +143,33 @@ def create_http_app(gateway: Gateway) -> FastAPI:
         }}},
     )
     async def chat_completions(request: Request) -> Any:
+        observation = Observation(stream=False, started=request.state.t0)
+        try:
+            return await _chat_completion(request, observation)
+        except SkinflintError as exc:
+            observation.finish(exc.status)
+            raise
+        except BaseException:
+            observation.finish(500)
+            raise
+
+    async def _chat_completion(request: Request, observation: Observation) -> Any:
         request_id: str = request.state.request_id
         caller = gateway.gate.authenticate(request.headers.get("authorization"))
+        observation.tenant = caller.tenant
         reading = time.perf_counter()
         raw = await read_body(request, settings.max_body_bytes)
         # Waiting for the client to send its body is the client's time, not skinflint's.
         client_ms = (time.perf_counter() - reading) * 1000
         req = parse_chat_request(decode_json(raw))
-        replies = gateway.answer(caller, req, request_id)
+        observation.stream = req.stream
+        replies = gateway.answer(caller, req, request_id, observation=observation)
         created = fmt.now()
         if req.stream:
             first = await _first(replies)  # errors up to here become proper status codes
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
-                _sse(request_id, created, req.model, first, replies, include_usage),
+                _sse(request_id, created, req.model, first, replies, include_usage, observation),
                 media_type="text/event-stream",
                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
             )
@@ -162,12 +177,14 @@ def create_http_app(gateway: Gateway) -> FastAPI:
         await replies.aclose()  # releases the tenant's slot now
         total_ms = (time.perf_counter() - request.state.t0) * 1000
         engine_ms = final.engine_seconds * 1000
+        overhead_ms = max(0.0, total_ms - engine_ms - client_ms)
         # The phases start after the client's upload, as the overhead does.
         response_at = time.time()
         phases = phases_ms(final.timings, response_at - (total_ms - client_ms) / 1000, response_at)
+        observation.finish(200, overhead_s=overhead_ms / 1000)
         return JSONResponse(fmt.completion(request_id, created, final), headers={
             "x-skinflint-engine-ms": f"{engine_ms:.3f}",
-            "x-skinflint-overhead-ms": f"{max(0.0, total_ms - engine_ms - client_ms):.3f}",
+            "x-skinflint-overhead-ms": f"{overhead_ms:.3f}",
             "x-skinflint-phases-ms": ",".join(f"{name}={ms:.3f}" for name, ms in phases.items()),
             "x-skinflint-served-by": final.served_by,
         })
@@ -214,17 +231,14 @@ def create_http_app(gateway: Gateway) -> FastAPI:
     async def healthz() -> dict[str, Any]:
         return {"status": "ok"}
 
+    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/readyz", summary="Readiness: connected to the bus, with live workers")
     async def readyz() -> JSONResponse:
-        connected = gateway.dispatcher.broker.connection.is_connected
-        workers = gateway.dispatcher.workers.live()
-        ready = connected and bool(workers)
-        return JSONResponse(
-            {"ready": ready, "bus": connected,
-             "workers": [{"id": w.worker_id, "tier": w.tier, "inflight": w.inflight_interactive + w.inflight_bulk,
-                          "slots": w.slots} for w in workers]},
-            status_code=200 if ready else 503,
-        )
+        ready, details = gateway.readiness()
+        return JSONResponse({"ready": ready, **details}, status_code=200 if ready else 503)
 
     app.add_api_websocket_route("/v1/ws", websocket_chat(gateway))
     _publish_body_schema(app)
@@ -287,9 +301,11 @@ async def _first(replies: AsyncIterator[Chunk | Final]) -> Chunk | Final:
 
 
 async def _sse(request_id: str, created: int, model: str, first: Chunk | Final,
-               replies: AsyncIterator[Chunk | Final], include_usage: bool) -> AsyncIterator[bytes]:
+               replies: AsyncIterator[Chunk | Final], include_usage: bool,
+               observation: Observation) -> AsyncIterator[bytes]:
     yield fmt.sse(fmt.chunk(request_id, created, model, {"role": "assistant", "content": ""}))
     reply: Chunk | Final = first
+    status = 499  # the client left before the stream ended
     try:
         while True:
             if isinstance(reply, Chunk):
@@ -298,12 +314,15 @@ async def _sse(request_id: str, created: int, model: str, first: Chunk | Final,
                 yield fmt.sse(fmt.chunk(request_id, created, reply.model, {}, reply.finish_reason))
                 if include_usage:
                     yield fmt.sse(fmt.usage_chunk(request_id, created, reply))
+                status = 200
                 break
             reply = await anext(replies)
     except SkinflintError as exc:
         # Headers are gone already: report the error in the stream, as OpenAI does.
+        status = exc.status
         yield fmt.sse(fmt.error_body(exc))
     finally:
+        observation.finish(status)
         with contextlib.suppress(Exception):
             await replies.aclose()  # type: ignore[attr-defined]
     yield fmt.sse("[DONE]")

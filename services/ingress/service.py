@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Collection
 
 import uvicorn
 
-from contracts.subjects import ALL_STREAMS
+from contracts.subjects import ALL_STREAMS, KNOWN_STAGES
 from services.ingress.dispatch import Dispatcher
 from services.ingress.gateway import Gateway
 from services.ingress.http import create_http_app
 from services.ingress.settings import IngressSettings
 from services.ingress.tenants import Gate, TenantsFile
 from services.shared.broker import ensure_streams, make_broker
-from services.shared.settings import load_config_file
+from services.shared.deployment import check_pipeline, check_priced, load_pricebook
+from services.shared.settings import env_name, load_config_file
 from services.shared.telemetry import setup_tracing
 
 log = logging.getLogger(__name__)
@@ -24,9 +26,14 @@ log = logging.getLogger(__name__)
 class IngressService:
     name = "ingress"
 
-    def __init__(self, settings: IngressSettings) -> None:
+    def __init__(self, settings: IngressSettings, stages: Collection[str] = KNOWN_STAGES) -> None:
+        """``stages``: the stages a pipeline may name (tests add probe stages of their own)."""
         self.settings = settings
         gate = Gate(load_config_file(settings.tenants_file, TenantsFile))
+        # The whole configuration is checked before anything connects (exit 78 on a mistake).
+        check_pipeline(settings.pipeline, stages)
+        check_priced({f"{env_name('models')}.{name}": route.tier for name, route in settings.models.items()},
+                     load_pricebook(settings.pricebook_file), settings.pricebook_file)
         provider = setup_tracing(self.name, settings)
         self.broker = make_broker(self.name, settings, provider)
         self.dispatcher = Dispatcher(self.broker, settings.instance_id, hop_timeout_s=settings.hop_timeout_s,
@@ -72,6 +79,9 @@ class IngressService:
         if self._server is not None and self._serving is not None:
             self._server.should_exit = True
             await self._serving
+
+    def ready(self) -> tuple[bool, dict[str, object]]:
+        return self.gateway.readiness()
 
     async def close(self) -> None:
         if self._server is not None and self._serving is not None and not self._serving.done():

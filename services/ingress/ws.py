@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from contracts.v1 import ChatRequest, Chunk
 from services.ingress import openai_format as fmt
 from services.ingress.gateway import Gateway, new_request_id, parse_chat_request
+from services.ingress.observe import Observation
 from services.ingress.tenants import Caller
 from services.shared.errors import BadRequest, RateLimited, SkinflintError
 
@@ -114,19 +115,24 @@ async def _run(gateway: Gateway, caller: Caller, cid: Any, req: ChatRequest,
                send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
     request_id = new_request_id()
     req = req.model_copy(update={"stream": True})
+    observation = Observation(stream=True)
     try:
-        async for reply in gateway.answer(caller, req, request_id):
+        async for reply in gateway.answer(caller, req, request_id, observation=observation):
             if isinstance(reply, Chunk):
                 await send({"type": "chunk", "id": cid, "delta": reply.delta})
             else:
                 await send({"type": "done", "id": cid, "request_id": request_id,
                             "response": fmt.completion(request_id, fmt.now(), reply)})
+        observation.finish(200)
     except SkinflintError as exc:
+        observation.finish(exc.status)
         with contextlib.suppress(Exception):
             await send(_error(cid, exc))
     except asyncio.CancelledError:
+        observation.finish(499)  # cancelled by the client, or the socket closed
         raise
     except Exception:
+        observation.finish(500)
         log.exception("websocket request %s failed", request_id)
         with contextlib.suppress(Exception):
             await send(_error(cid, SkinflintError(f"internal error; logged with request id {request_id}")))

@@ -8,11 +8,13 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, NoReturn, Protocol, TypeVar
 
 from services.shared import sched
-from services.shared.settings import ServiceSettings
+from services.shared.health import HealthServer
+from services.shared.settings import ConfigError, ServiceSettings, load_settings
 
 log = logging.getLogger("skinflint")
 
@@ -33,6 +35,11 @@ class Service(Protocol):
 
     async def close(self) -> None: ...
 
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        """Whether the service can take work now (its connections are up, its model is loaded),
+        and details for ``/readyz``. Only asked between ``start`` and ``drain``."""
+        ...
+
 
 def configure_logging(service_name: str, level: str) -> None:
     logging.basicConfig(
@@ -48,13 +55,31 @@ def configure_logging(service_name: str, level: str) -> None:
 
 
 async def serve(service: Service, drain_timeout_s: float, stop: asyncio.Event | None = None,
-                sched_slice_us: int = 0, keep_off_engine_cpus: bool = False) -> None:
-    """Run ``service`` until SIGTERM/SIGINT (or ``stop``), then drain and close it."""
+                sched_slice_us: int = 0, keep_off_engine_cpus: bool = False,
+                health: tuple[str, int] | None = None) -> None:
+    """Run ``service`` until SIGTERM/SIGINT (or ``stop``), then drain and close it.
+
+    ``health`` (host, port): serve /healthz, /readyz and /metrics there from before the service
+    starts until it is closed (ingress serves them on its own HTTP port and passes None).
+    """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    phase = "starting"
+
+    def readiness() -> tuple[bool, dict[str, Any]]:
+        if phase != "serving":
+            return False, {"state": phase}
+        ready, details = service.ready()
+        return ready, {"state": phase, **details}
+
+    server = None
     try:
+        if health is not None:
+            server = HealthServer(service.name, health[0], health[1], readiness)
+            await server.start()
+            log.info("%s: /healthz, /readyz and /metrics on http://%s:%d", service.name, health[0], server.port)
         await service.start()
         freeze_startup_heap()
         # After start: the engine's processes, which a worker has started by now, keep the
@@ -62,8 +87,10 @@ async def serve(service: Service, drain_timeout_s: float, stop: asyncio.Event | 
         sched.apply_request_path_slice(sched_slice_us, service.name)
         if keep_off_engine_cpus:
             sched.keep_off_engine_cpus(service.name, [os.getpid()], owners=[os.getpid()])
+        phase = "serving"
         log.info("%s is ready", service.name)
         await stop.wait()
+        phase = "draining"
         # A second signal while draining means "now": restore the default handlers.
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
@@ -74,7 +101,10 @@ async def serve(service: Service, drain_timeout_s: float, stop: asyncio.Event | 
             log.warning("%s: drain timed out after %.0f s; stopping anyway", service.name,
                         drain_timeout_s)
     finally:
+        phase = "stopping"
         await service.close()
+        if server is not None:
+            await server.stop()
         log.info("%s stopped", service.name)
 
 
@@ -86,14 +116,45 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
-def run(build: Callable[[], Service], settings: ServiceSettings, service_name: str) -> None:
-    """Entry point for ``python -m services.<name>``."""
+#: The exit code of a service stopped by a configuration mistake (sysexits' EX_CONFIG): a
+#: supervisor must not restart it, since it would only fail the same way again.
+EX_CONFIG = 78
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def config_error_exit(service_name: str, exc: ConfigError) -> NoReturn:
+    """Say what is wrong in one line (in the services' log format, logging may not be set up
+    yet) and stop with ``EX_CONFIG``."""
+    stamp = time.strftime("%H:%M:%S")
+    print(f"{stamp} ERROR [{service_name}] configuration error: {exc}", file=sys.stderr, flush=True)
+    sys.exit(EX_CONFIG)
+
+
+def settings_or_exit(settings_class: type[S], service_name: str) -> S:
+    """The service's settings from the environment, or a one-line error and ``EX_CONFIG``."""
+    try:
+        return load_settings(settings_class)
+    except ConfigError as exc:
+        config_error_exit(service_name, exc)
+
+
+def run(build: Callable[[], Service], settings: ServiceSettings, service_name: str,
+        health: bool = True) -> None:
+    """Entry point for ``python -m services.<name>``. A ``ConfigError`` while building the
+    service (its whole configuration is checked there) stops it with ``EX_CONFIG``. ``health``:
+    serve /healthz, /readyz and /metrics on ``settings.health_port`` (ingress has its own)."""
     configure_logging(service_name, settings.log_level)
+    try:
+        service = build()
+    except ConfigError as exc:
+        config_error_exit(service_name, exc)
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency, this is belt and braces
         pass
-    asyncio.run(serve(build(), settings.drain_timeout_s, sched_slice_us=settings.sched_slice_us,
-                      keep_off_engine_cpus=settings.sched_keep_off_engine_cpus))
+    asyncio.run(serve(service, settings.drain_timeout_s, sched_slice_us=settings.sched_slice_us,
+                      keep_off_engine_cpus=settings.sched_keep_off_engine_cpus,
+                      health=(settings.health_host, settings.health_port) if health else None))

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.shared.sched import DEFAULT_SLICE_US, MAX_SLICE_US, MIN_SLICE_US
+from services.shared.validation import summary
 
 
 def default_instance_id() -> str:
@@ -51,6 +52,19 @@ class ServiceSettings(BaseSettings):
                     "core (services.shared.sched). 0 keeps the kernel's default.",
     )
 
+    pricebook_file: str = Field(
+        default="infra/config/pricebook.yaml",
+        description="Prices per tier. Accounting charges with it; every service checks at start-up that "
+                    "the tiers it can answer with have a price.",
+    )
+    health_host: str = Field(
+        default="127.0.0.1", description="Address of /healthz, /readyz and /metrics (0.0.0.0 in a container).")
+    health_port: int = Field(
+        default=9100, ge=0, le=65535,
+        description="Port of the service's /healthz, /readyz and /metrics (0: any free port, logged). "
+                    "Ingress serves them on its HTTP port instead.",
+    )
+
     sched_keep_off_engine_cpus: bool = Field(
         default=True,
         description="Keep the service's threads off the CPUs that the engine processes it started "
@@ -65,8 +79,30 @@ class ServiceSettings(BaseSettings):
         return value
 
 
-class ConfigFileError(ValueError):
+class ConfigError(ValueError):
+    """The deployment's configuration is wrong; the message names the file or environment
+    variable and the bad key. A service that meets one stops at start-up (exit code 78)."""
+
+
+class ConfigFileError(ConfigError):
     """A human-written config file is wrong; the message names the file and the bad key."""
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets a settings field (``pipeline`` -> ``SF_PIPELINE``)."""
+    return f"SF_{field.upper()}"
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(settings_class: type[S]) -> S:
+    """Build a service's settings from the environment; a bad value is a ``ConfigError`` naming
+    the environment variable (``SF_MAX_NUM_SEQS: Input should be greater than or equal to 1``)."""
+    try:
+        return settings_class()
+    except ValidationError as exc:
+        raise ConfigError(f"environment: {summary(exc, limit=10, rename=env_name)}") from exc
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -88,7 +124,4 @@ def load_config_file(path: str | Path, model: type[M]) -> M:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigFileError(f"{path}: {problems}") from exc
+        raise ConfigFileError(f"{path}: {summary(exc, limit=20)}") from exc

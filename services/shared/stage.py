@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -15,10 +16,11 @@ from faststream.nats import NatsBroker
 from nats.aio.subscription import Subscription
 
 from contracts.subjects import stage_queue_group, stage_subject
-from contracts.v1 import ErrorReply, Final, HopAck, TaskEnvelope
-from services.shared import lane
+from contracts.v1 import ErrorReply, Final, HopAck, TaskEnvelope, TokenUsage, UsageEvent
+from services.shared import lane, metrics
 from services.shared.errors import SkinflintError
 from services.shared.slip import StageHop, advance, current_stage, mark_arrival
+from services.shared.usage import UsagePublisher
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +58,12 @@ class StageRunner:
         self._broker = broker
         self._logic = logic
         self._hop = hop or StageHop(broker)
+        self._usage = UsagePublisher(broker)
         self._tasks: set[asyncio.Task[None]] = set()
         self._subscription: Subscription | None = None
 
     async def start(self) -> None:
+        self._usage.start()
         self._subscription = await lane.serve_hops(
             self._broker.connection, stage_subject(self.name), stage_queue_group(self.name), self.on_task,
             lambda reason: HopAck(accepted=False, stage=self.name, instance=self.instance_id, retry=False,
@@ -79,20 +83,34 @@ class StageRunner:
         try:
             outcome = await self._logic(env)
             if isinstance(outcome, Finish):
-                await self._reply(env, outcome.reply)
+                await self._end(env, outcome.reply, "answered" if isinstance(outcome.reply, Final) else "error")
                 return
             nxt = advance(outcome.env)
             if current_stage(nxt) is None:
                 raise SkinflintError(f"stage {self.name!r} forwarded a task with nowhere left to go")
             await self._hop.send(nxt)
+            metrics.STAGE_OUTCOMES.labels(self.name, env.priority.value, "forwarded").inc()
         except SkinflintError as exc:
-            await self._reply(env, exc.to_reply(env.request_id))
+            await self._end(env, exc.to_reply(env.request_id), "error")
         except Exception:
             log.exception("stage %s failed on %s", self.name, env.request_id)
-            await self._reply(env, SkinflintError(
-                f"stage {self.name!r} failed; logged with request id {env.request_id}").to_reply(env.request_id))
+            await self._end(env, SkinflintError(
+                f"stage {self.name!r} failed; logged with request id {env.request_id}").to_reply(env.request_id),
+                "error")
 
-    async def _reply(self, env: TaskEnvelope, reply: Final | ErrorReply) -> None:
+    async def _end(self, env: TaskEnvelope, reply: Final | ErrorReply, outcome: str) -> None:
+        """This stage ends the task: its one usage event first, then the reply (see ``UsagePublisher``)."""
+        metrics.STAGE_OUTCOMES.labels(self.name, env.priority.value, outcome).inc()
+        tokens = reply.usage if isinstance(reply, Final) else TokenUsage(prompt_tokens=0, completion_tokens=0)
+        event = UsageEvent(
+            request_id=env.request_id, tenant=env.tenant, api_key_id=env.api_key_id, model=env.route.model,
+            tier=env.route.tier, priority=env.priority, status="ok" if isinstance(reply, Final) else "error",
+            **tokens.model_dump(), worker=self.instance_id, occurred_at=time.time(),
+        )
+        try:
+            await self._usage.publish(event)
+        except Exception:
+            log.exception("usage event of %s could not be sent", env.request_id)
         await lane.publish(self._broker.connection, env.reply_subject, reply)
 
     async def drain(self) -> None:
@@ -100,3 +118,4 @@ class StageRunner:
             await self._subscription.unsubscribe()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._usage.stop()

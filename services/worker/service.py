@@ -11,7 +11,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
@@ -28,7 +27,6 @@ from contracts.subjects import (
     HEARTBEAT_SUBJECT,
     INFER_STAGE,
     USAGE_STREAM,
-    USAGE_SUBJECT,
     WORKER_QUEUE_GROUP,
     Priority,
     bulk_durable,
@@ -45,14 +43,16 @@ from contracts.v1 import (
     UsageEvent,
     WorkerHeartbeat,
 )
-from services.shared import lane
+from services.shared import lane, metrics
 from services.shared.broker import ensure_streams, make_broker
+from services.shared.deployment import check_priced, load_pricebook
+from services.shared.settings import env_name
 from services.shared.slip import mark_arrival
 from services.shared.telemetry import setup_tracing
+from services.shared.usage import UsagePublisher
 from services.worker.capacity import Capacity
 from services.worker.engine import Engine
 from services.worker.generation import WorkerIdentity, answer
-from services.worker.outbox import UsageOutbox
 from services.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -63,22 +63,13 @@ class BusSink:
     """Replies and usage events onto the bus. Bulk results and usage go to JetStream with a
     message id, so a redelivered task that is answered twice is stored and charged once.
 
-    Interactive replies take the request path's lane. A usage event is announced on the same
-    connection before the reply it charges, and its acknowledgement is collected off the
-    answer's path by the outbox (a bulk task still waits until its event is stored: it is
-    acknowledged only after that)."""
+    Interactive replies take the request path's lane; usage events go out through the
+    ``UsagePublisher``, ahead of the reply they charge (a bulk task still waits until its event
+    is stored: it is acknowledged only after that)."""
 
     def __init__(self, broker: NatsBroker, usage_ack_timeout_s: float) -> None:
         self._broker = broker
-        self._js: JetStreamContext | None = None
-        self.outbox = UsageOutbox(self.announce_usage, self.store_usage, ack_timeout_s=usage_ack_timeout_s)
-
-    @property
-    def js(self) -> JetStreamContext:
-        # One context for the process: its asynchronous publishes share one reply subscription.
-        if self._js is None:
-            self._js = self._broker.connection.jetstream()
-        return self._js
+        self.usage_publisher = UsagePublisher(broker, usage_ack_timeout_s)
 
     async def reply(self, env: TaskEnvelope, message: Chunk | Final | ErrorReply) -> None:
         if env.priority is Priority.BULK:
@@ -92,22 +83,8 @@ class BusSink:
             await lane.publish(self._broker.connection, env.reply_subject, message)
 
     async def usage(self, event: UsageEvent) -> None:
-        stored = await self.outbox.put(event, lane.trace_headers())
-        if event.priority is Priority.BULK:
-            await stored
-
-    def _usage_message(self, event: UsageEvent, trace: dict[str, str] | None) -> tuple[bytes, dict[str, str]]:
-        return event.model_dump_json().encode(), {**(trace or {}), "Nats-Msg-Id": f"usage-{event.request_id}"}
-
-    async def announce_usage(self, event: UsageEvent, trace: dict[str, str] | None) -> asyncio.Future[Any]:
-        """Put one usage event on the connection now; the future resolves with JetStream's ack."""
-        data, headers = self._usage_message(event, trace)
-        return await self.js.publish_async(USAGE_SUBJECT, data, stream=USAGE_STREAM.name, headers=headers)
-
-    async def store_usage(self, event: UsageEvent, trace: dict[str, str] | None) -> object:
-        """Publish one usage event to JetStream and wait until it is stored (the outbox's re-send)."""
-        data, headers = self._usage_message(event, trace)
-        return await self.js.publish(USAGE_SUBJECT, data, stream=USAGE_STREAM.name, headers=headers)
+        metrics.observe_usage(event, INFER_STAGE)
+        await self.usage_publisher.publish(event, wait_stored=event.priority is Priority.BULK)
 
 
 class WorkerService:
@@ -118,6 +95,9 @@ class WorkerService:
     def __init__(self, settings: WorkerSettings,
                  engine_factory: Callable[[WorkerSettings], Engine] | None = None) -> None:
         self.settings = settings
+        # Checked before the engine loads or anything connects (exit 78 on a mistake).
+        check_priced({env_name("tier"): settings.tier}, load_pricebook(settings.pricebook_file),
+                     settings.pricebook_file)
         self._engine_factory = engine_factory
         self.engine: Engine | None = None
         provider = setup_tracing(self.name, settings)
@@ -130,9 +110,10 @@ class WorkerService:
         self._draining = False
         self._freed = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
-        self._usage_sender: asyncio.Task[None] | None = None
         self._interactive: Subscription | None = None
         self.broker.subscriber(CANCEL_SUBJECT, title="cancel")(self.on_cancel)
+        self._slots_in_use = metrics.ENGINE_SLOTS_IN_USE
+        metrics.ENGINE_SLOTS.labels(settings.tier).set(self.capacity.slots)
 
     # --- handlers -------------------------------------------------------------------------
     async def on_task(self, env: TaskEnvelope) -> HopAck:
@@ -164,6 +145,7 @@ class WorkerService:
     def _start(self, env: TaskEnvelope, priority: Priority, queued_at: float,
                on_done: Callable[[bool], object] | None = None, announce: bool = False) -> None:
         self.capacity.take(priority)
+        self._slots_in_use.labels(self.settings.tier, priority.value).inc()
         mark_arrival(env, INFER_STAGE, self.identity.worker_id)
         task = asyncio.create_task(self._run(env, queued_at, on_done, announce), name=f"task-{env.request_id}")
         self._tasks[env.request_id] = task
@@ -171,6 +153,7 @@ class WorkerService:
         def _finished(_: asyncio.Task[None]) -> None:
             self._tasks.pop(env.request_id, None)
             self.capacity.release(priority)
+            self._slots_in_use.labels(self.settings.tier, priority.value).dec()
             self._freed.set()
 
         task.add_done_callback(_finished)
@@ -288,7 +271,26 @@ class WorkerService:
                 )
             except Exception:
                 log.warning("heartbeat not sent (bus unavailable?)")
+            await self._measure_backlog()
             await asyncio.sleep(self.settings.heartbeat_interval_s)
+
+    async def _measure_backlog(self) -> None:
+        """The tier's bulk tasks not yet pulled by any worker, for the backlog gauge."""
+        if not self.settings.bulk_enabled:
+            return
+        try:
+            js = self.sink.usage_publisher.js
+            info = await js.consumer_info(BULK_STREAM.name, bulk_durable(self.settings.tier))
+        except Exception:
+            return  # the consumer is not created yet, or the bus is away: keep the last value
+        metrics.BULK_BACKLOG.labels(self.settings.tier).set(info.num_pending or 0)
+
+    def ready(self) -> tuple[bool, dict[str, object]]:
+        connected = self.broker.connection is not None and self.broker.connection.is_connected
+        ready = connected and self.engine is not None and not self._draining
+        return ready, {"bus": connected, "tier": self.settings.tier, "model": self.settings.model_name,
+                       "slots": self.capacity.slots, "inflight_interactive": self.capacity.interactive,
+                       "inflight_bulk": self.capacity.bulk}
 
     # --- Service --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -304,7 +306,7 @@ class WorkerService:
         self._interactive = await lane.serve_hops(
             self.broker.connection, infer_subject(self.settings.tier, Priority.INTERACTIVE), WORKER_QUEUE_GROUP,
             self.on_task, self._refusal)
-        self._usage_sender = asyncio.create_task(self.sink.outbox.run())
+        self.sink.usage_publisher.start()
         self._background.append(asyncio.create_task(self._heartbeat_loop()))
         if self.settings.bulk_enabled:
             self._background.append(asyncio.create_task(self._bulk_loop()))
@@ -322,15 +324,7 @@ class WorkerService:
         if self._tasks:
             log.info("waiting for %d requests to finish", len(self._tasks))
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-        await self._stop_usage_sender()
-
-    async def _stop_usage_sender(self, timeout_s: float = 10.0) -> None:
-        """Send the usage events still held (the bus is still up), then stop the sender."""
-        if self._usage_sender is not None:
-            self._usage_sender.cancel()
-            await asyncio.gather(self._usage_sender, return_exceptions=True)
-            self._usage_sender = None
-        await self.sink.outbox.flush(timeout_s)
+        await self.sink.usage_publisher.stop()
 
     async def close(self) -> None:
         self._draining = True
@@ -338,9 +332,7 @@ class WorkerService:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-        if self.broker.connection is not None and self.broker.connection.is_connected:
-            await self._stop_usage_sender()
-        self.sink.outbox.cancel_waiters()
+        await self.sink.usage_publisher.stop()
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

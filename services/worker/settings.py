@@ -35,6 +35,7 @@ class WorkerSettings(ServiceSettings):
         default="auto",
         description="Model dtype for vLLM; auto is float32 on a CPU without fast bfloat16 (no AVX-512).",
     )
+    health_port: int = Field(default=9101, ge=0, le=65535, description="Port of /healthz, /readyz, /metrics.")
     heartbeat_interval_s: float = Field(default=1.0, gt=0, description="Seconds between heartbeats.")
     bulk_enabled: bool = Field(default=True, description="Whether this worker takes bulk work.")
     bulk_ack_wait_s: float = Field(default=60.0, gt=1, description="Redeliver bulk work unacked this long.")

@@ -21,6 +21,7 @@ from contracts.subjects import CANCEL_SUBJECT, USAGE_SUBJECT, Priority, infer_su
 from contracts.v1 import REPLY_ADAPTER, CancelRequest, Final, HopAck, TaskEnvelope, UsageEvent
 from services.worker.service import WorkerService
 from services.worker.settings import WorkerSettings
+from tests.support.config import pricebook_with
 from tests.support.fakes import FakeEngine
 from tests.support.natsd import NatsServer
 
@@ -55,7 +56,8 @@ class Harness:
 @asynccontextmanager
 async def running_worker(nats_url: str, slots: int, waiting: int,
                          seconds_per_token: float = 0.0) -> AsyncIterator[Harness]:
-    settings = WorkerSettings(nats_url=nats_url, instance_id="w-test", tier=TIER, max_num_seqs=slots,
+    settings = WorkerSettings(nats_url=nats_url, instance_id="w-test", tier=TIER, pricebook_file=pricebook_with(TIER),
+                              max_num_seqs=slots,
                               max_waiting=waiting, interactive_reserve=0, bulk_enabled=False)
     service = WorkerService(settings, lambda s: FakeEngine(seconds_per_token=seconds_per_token))
     nc = await nats.connect(nats_url)

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from contracts.subjects import KNOWN_STAGES
 from services.ingress.service import IngressService
 from services.ingress.settings import IngressSettings, ModelRoute
 from services.stack import Stack
@@ -20,16 +21,19 @@ from tests.support.natsd import NatsServer
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH = {"Authorization": "Bearer sk-skinflint-demo"}
-MODELS = {"smollm2-135m": ModelRoute(tier="small"), "ghost": ModelRoute(tier="ghost")}
+#: "ghost" is priced but no test starts a worker for its tier.
+MODELS = {"smollm2-135m": ModelRoute(tier="small"), "ghost": ModelRoute(tier="large")}
+#: Stages a test pipeline may name: the real ones and the probes tests run themselves.
+TEST_STAGES = (*KNOWN_STAGES, "probe", "probe2", "probe3", "lonely")
 
 
 @asynccontextmanager
 async def running_ingress(
-    nats_url: str, **overrides: Any
+    nats_url: str, stages: tuple[str, ...] = TEST_STAGES, **overrides: Any
 ) -> AsyncIterator[tuple[IngressService, httpx.AsyncClient]]:
     settings = IngressSettings(nats_url=nats_url, port=0, tenants_file=str(ROOT / "infra/config/tenants.yaml"),
                                models=MODELS, drain_timeout_s=10, **overrides)
-    service = IngressService(settings)
+    service = IngressService(settings, stages)
     await service.start()
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.port}", headers=AUTH,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from services.shared.runner import run
+from services.shared.runner import run, settings_or_exit
 from services.worker.service import WorkerService
 from services.worker.settings import WorkerSettings
 from tests.support.fakes import FakeEngine
@@ -19,7 +19,7 @@ class FakeWorkerSettings(WorkerSettings):
 
 
 def main() -> None:
-    settings = FakeWorkerSettings()
+    settings = settings_or_exit(FakeWorkerSettings, "worker")
     run(lambda: WorkerService(settings, lambda s: FakeEngine(seconds_per_token=settings.fake_seconds_per_token)),
         settings, "worker")
 

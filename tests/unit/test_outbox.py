@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from contracts.v1 import UsageEvent
-from services.worker.outbox import UsageOutbox
+from services.shared.outbox import UsageOutbox
 
 pytestmark = pytest.mark.unit
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples/v1/usage_event.json"

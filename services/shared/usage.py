@@ -1,0 +1,74 @@
+"""Usage events onto JetStream, for every service that ends a task (workers, stages).
+
+One usage event per request, announced on the connection *before* the reply that ends the task
+(NATS keeps one connection's messages in order, so a reply that reached ingress proves its
+usage event reached the server), its acknowledgement collected off the answer's path by the
+outbox, which re-sends with the same ``Nats-Msg-Id`` (stored once) until JetStream has it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from faststream.nats import NatsBroker
+from nats.js.client import JetStreamContext
+
+from contracts.subjects import USAGE_STREAM, USAGE_SUBJECT
+from contracts.v1 import UsageEvent
+from services.shared import lane
+from services.shared.outbox import UsageOutbox
+
+
+class UsagePublisher:
+    """Publishes usage events. ``start`` runs the outbox's re-sender; ``stop`` flushes first."""
+
+    def __init__(self, broker: NatsBroker, ack_timeout_s: float = 5.0) -> None:
+        self._broker = broker
+        self._js: JetStreamContext | None = None
+        self.outbox = UsageOutbox(self.announce, self.store, ack_timeout_s=ack_timeout_s)
+        self._sender: asyncio.Task[None] | None = None
+
+    @property
+    def js(self) -> JetStreamContext:
+        # One context for the process: its asynchronous publishes share one reply subscription.
+        if self._js is None:
+            self._js = self._broker.connection.jetstream()
+        return self._js
+
+    async def publish(self, event: UsageEvent, wait_stored: bool = False) -> None:
+        """Put ``event`` on the connection now, ahead of anything published after it; with
+        ``wait_stored``, return only once JetStream has stored it."""
+        stored = await self.outbox.put(event, lane.trace_headers())
+        if wait_stored:
+            await stored
+
+    @staticmethod
+    def _message(event: UsageEvent, trace: dict[str, str] | None) -> tuple[bytes, dict[str, str]]:
+        return event.model_dump_json().encode(), {**(trace or {}), "Nats-Msg-Id": f"usage-{event.request_id}"}
+
+    async def announce(self, event: UsageEvent, trace: dict[str, str] | None) -> asyncio.Future[Any]:
+        """Put one usage event on the connection now; the future resolves with JetStream's ack."""
+        data, headers = self._message(event, trace)
+        return await self.js.publish_async(USAGE_SUBJECT, data, stream=USAGE_STREAM.name, headers=headers)
+
+    async def store(self, event: UsageEvent, trace: dict[str, str] | None) -> object:
+        """Publish one usage event and wait until it is stored (the outbox's re-send)."""
+        data, headers = self._message(event, trace)
+        return await self.js.publish(USAGE_SUBJECT, data, stream=USAGE_STREAM.name, headers=headers)
+
+    def start(self) -> None:
+        self._sender = asyncio.create_task(self.outbox.run())
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Store the events still held (while the bus is up), then stop the re-sender."""
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+            self._sender = None
+        connection = self._broker.connection
+        if connection is not None and connection.is_connected:
+            await self.outbox.flush(timeout_s)
+        self.outbox.cancel_waiters()

@@ -1,0 +1,50 @@
+"""A configuration mistake stops a service at start-up, in one line naming the file or variable
+and the key, with exit code 78 (a supervisor does not restart it)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.shared.runner import EX_CONFIG
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start(module: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    # Nothing listens on this NATS URL: a service that got past its checks would hang, not exit 78.
+    full = {**os.environ, "SF_NATS_URL": "nats://127.0.0.1:1", "HF_HUB_OFFLINE": "1", **env}
+    return subprocess.run([sys.executable, "-m", module], cwd=ROOT, env=full, capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.parametrize(("module", "env", "message"), [
+    ("services.ingress", {"SF_PIPELINE": '["cache", "infer"]', "SF_PORT": "0"},
+     "SF_PIPELINE.0: 'cache' is not a stage skinflint has"),
+    ("services.ingress", {"SF_MODELS": '{"gold": {"tier": "gold"}}', "SF_PORT": "0"},
+     "SF_MODELS.gold: tier 'gold' has no price in infra/config/pricebook.yaml"),
+    ("services.worker", {"SF_TIER": "gold"}, "SF_TIER: tier 'gold' has no price in infra/config/pricebook.yaml"),
+    ("services.worker", {"SF_MAX_NUM_SEQS": "0"}, "SF_MAX_NUM_SEQS: Input should be greater than or equal to 1"),
+    ("services.accounting", {"SF_PRICEBOOK_FILE": "infra/config/nope.yaml"}, "infra/config/nope.yaml: file not found"),
+])
+def test_a_mistake_stops_the_service_with_a_message_naming_it(module: str, env: dict[str, str],
+                                                               message: str) -> None:
+    done = start(module, env)
+    assert done.returncode == EX_CONFIG, done.stderr[-2000:]
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert len([line for line in done.stderr.splitlines() if "configuration error" in line]) == 1
+
+
+def test_a_price_book_without_its_reference_tier_stops_accounting(tmp_path: Path) -> None:
+    book = tmp_path / "pricebook.yaml"
+    book.write_text((ROOT / "infra/config/pricebook.yaml").read_text().replace("reference_tier: large",
+                                                                               "reference_tier: huge"))
+    done = start("services.accounting", {"SF_PRICEBOOK_FILE": str(book)})
+    assert done.returncode == EX_CONFIG, done.stderr[-2000:]
+    assert f"{book}: reference_tier: 'huge' is not one of the tiers" in done.stderr
