@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install model run demo test lint typecheck check check-compose unit integration e2e bench clean help
+.PHONY: install model prometheus run demo test lint typecheck check check-compose unit integration e2e bench clean help
 
 help:
 	@echo "make run    - install what is missing, start nats-server and every service (Ctrl-C stops)"
@@ -64,7 +64,23 @@ check-compose: $(STAMP)
 
 check: lint typecheck check-compose
 
-test: install check
+# tests/integration/test_prometheus.py scrapes the running services with a real Prometheus:
+# Debian's package, installed once when the binary is missing. Without root or apt-get this
+# only says so, and that test skips naming the binary. On a host running systemd the package
+# also starts a system Prometheus on :9090; the test runs its own on a free port and ignores it.
+prometheus:
+	@command -v prometheus >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "==> installing Prometheus (Debian's prometheus package) for tests/integration/test_prometheus.py"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) \
+	      || echo "==> installing prometheus failed (see above); tests/integration/test_prometheus.py will skip"; \
+	  else \
+	    echo "==> prometheus is not installed and this is not root with apt-get: run"; \
+	    echo "    'sudo apt-get install prometheus' (or put a prometheus 2.x binary on PATH);"; \
+	    echo "    until then tests/integration/test_prometheus.py skips"; \
+	  fi; }
+
+test: install prometheus check
 	$(VENV)/bin/pytest -ra
 
 unit: $(STAMP)
