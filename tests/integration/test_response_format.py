@@ -6,6 +6,7 @@ our parameters onto vLLM's own types (vLLM imported, no engine started)."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import websockets
@@ -51,7 +52,7 @@ async def test_a_schema_the_engine_refuses_is_a_400_from_the_worker(nats_server:
     [({"logit_bias": {"1": 5}}, "logit_bias"), ({"foo": 1}, "foo"),
      ({"response_format": json_schema({"type": "strin"})}, "response_format.json_schema.schema")],
 )
-async def test_ingress_refuses_before_any_worker_is_asked(nats_server: NatsServer, fields: dict[str, object],
+async def test_ingress_refuses_before_any_worker_is_asked(nats_server: NatsServer, fields: dict[str, Any],
                                                           param: str) -> None:
     async with running_worker(nats_server.url) as worker, running_ingress(nats_server.url) as (ingress, client):
         engine = worker.engine
