@@ -27,7 +27,7 @@ MODEL = "smollm2-135m"
 BENCH_DIR = ROOT / "var" / "bench"
 
 # Prompts that make SmolLM2 write at length, so that an answer reaches max_tokens on both engines:
-# the OpenAI API has no ignore_eos (vLLM accepts it as an extra, skinflint ignores unknown fields),
+# the OpenAI API has no ignore_eos (vLLM accepts it as an extra, skinflint refuses unknown fields),
 # so equal work is obtained by asking for long answers and checking usage.completion_tokens.
 PROMPTS = [
     "Write a detailed, multi-paragraph essay about the history of the printing press.",

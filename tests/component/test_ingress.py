@@ -86,6 +86,9 @@ async def client(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[httpx
     await broker.start()
     await dispatcher.connect()
     await worker.start()
+    # A round trip on the worker's connection: the server has registered its subscription before
+    # the first request arrives from ingress's connection (else "no responders", now and then).
+    await worker.connection.flush()
     try:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://ingress") as c:
