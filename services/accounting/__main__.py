@@ -22,7 +22,7 @@ from services.accounting.ledger import Ledger, make_engine
 from services.accounting.migrate import LedgerSchemaError, upgrade_ledger, write_upgrade_sql
 from services.accounting.service import AccountingService
 from services.accounting.settings import AccountingSettings
-from services.shared.runner import configure_logging, run
+from services.shared.runner import configure_logging, run, settings_or_exit
 from services.shared.usage_table import render_table
 
 
@@ -69,7 +69,7 @@ async def migrate(settings: AccountingSettings) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    settings = AccountingSettings()
+    settings = settings_or_exit(AccountingSettings, "accounting")
     try:
         if args.command == "report":
             sys.stdout.write(asyncio.run(report(settings, UsageQuery(tenant=args.tenant, since=args.since))))

@@ -23,6 +23,7 @@ from services.ingress.observe import Observation
 from services.ingress.settings import IngressSettings
 from services.ingress.tenants import Caller, Gate
 from services.shared.errors import BadRequest, NotFound
+from services.shared.validation import problems
 
 
 def new_request_id() -> str:
@@ -31,11 +32,10 @@ def new_request_id() -> str:
 
 def describe_validation_error(exc: ValidationError) -> BadRequest:
     """The first problem, naming the field by its dotted path (``messages.0.role``)."""
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"] if p not in ("body",))
-    msg = err["msg"].removeprefix("Value error, ")
-    more = f" (and {len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
-    return BadRequest(f"{loc or 'body'}: {msg}{more}", param=loc or None)
+    found = problems(exc)
+    path, reason = found[0]
+    more = f" (and {len(found) - 1} more problems)" if len(found) > 1 else ""
+    return BadRequest(f"{path or 'body'}: {reason}{more}", param=path or None)
 
 
 def parse_chat_request(data: Any) -> ChatRequest:

@@ -37,6 +37,7 @@ from services.shared.errors import (
     Unavailable,
 )
 from services.shared.usage_table import render_table
+from services.shared.validation import field_path
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def create_http_app(gateway: Gateway) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"] if p not in ("query", "body", "header"))
+        loc = field_path(err["loc"])
         return error_response(BadRequest(f"{loc}: {err['msg']}", param=loc),
                               getattr(request.state, "request_id", None))
 

@@ -28,6 +28,7 @@ from opentelemetry import propagate, trace
 from pydantic import BaseModel, ValidationError
 
 from contracts.v1 import REPLY_ADAPTER, Accepted, Chunk, ErrorReply, Final, HopAck, TaskEnvelope
+from services.shared.validation import summary
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("skinflint.lane")
@@ -77,10 +78,9 @@ async def serve_hops(nc: Client, subject: str, queue: str, handle: HopHandler, r
             try:
                 env = TaskEnvelope.model_validate_json(msg.data)
             except ValidationError as exc:
-                err = exc.errors()[0]
-                where = ".".join(str(p) for p in err["loc"]) or "body"
-                log.warning("refusing a malformed task on %s: %s: %s", subject, where, err["msg"])
-                ack = refuse(f"malformed task envelope: {where}: {err['msg']}")
+                problem = summary(exc, limit=1, whole="body")
+                log.warning("refusing a malformed task on %s: %s", subject, problem)
+                ack = refuse(f"malformed task envelope: {problem}")
             else:
                 span.set_attribute("sf.request_id", env.request_id)
                 try:

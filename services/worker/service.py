@@ -50,6 +50,7 @@ from services.shared.settings import env_name
 from services.shared.slip import mark_arrival
 from services.shared.telemetry import setup_tracing
 from services.shared.usage import UsagePublisher
+from services.shared.validation import summary
 from services.worker.capacity import Capacity
 from services.worker.engine import Engine
 from services.worker.generation import WorkerIdentity, answer
@@ -231,7 +232,7 @@ class WorkerService:
         try:
             env = TaskEnvelope.model_validate_json(msg.data)
         except ValidationError as exc:
-            log.error("dropping a malformed bulk task: %s", exc.errors()[:3])
+            log.error("dropping a malformed bulk task: %s", summary(exc, limit=3))
             await msg.term()
             return
         if env.priority is not Priority.BULK:
