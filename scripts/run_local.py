@@ -1,8 +1,14 @@
 """`make run`: nats-server, accounting, a worker and ingress on this machine; Ctrl-C stops all.
 
+A supervisor: a process that stops on its own is started again (after 1 s, doubling up to 30 s
+while it keeps failing soon after each start), and what it left running (a worker's engine
+processes) is killed first; one that stops because its configuration is wrong (exit code 78)
+stops everything. If the launcher itself dies, everything it started gets SIGTERM.
+
 Environment: SF_PORT (HTTP port, default 8000), SF_NATS_PORT (default 4222; a free port is used
-if that one is taken), SF_VERBOSE=1 (echo every line, not only the services' own; all lines
-are in var/log/ either way), and any SF_* setting of the services (see services/*/settings.py).
+if that one is taken), SF_VAR_DIR (logs, ledger and JetStream store; default var/), SF_VERBOSE=1
+(echo every line, not only the services' own; all lines are in the logs either way), and any
+SF_* setting of the services (see services/*/settings.py).
 """
 
 from __future__ import annotations
@@ -11,8 +17,13 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.shared.sched import cpu_list
+from services.shared.settings import ConfigError, load_settings
 from services.stack import ROOT, Stack, printer
 
 BANNER = """
@@ -25,15 +36,32 @@ BANNER = """
     Demo            : make demo
     Usage table     : curl -s 'http://127.0.0.1:{port}/v1/usage?format=table' \\
                         -H 'Authorization: Bearer sk-skinflint-demo'
-    Logs            : var/log/*.log      Spans: var/log/traces-*.jsonl
-  Ctrl-C stops everything (services drain first).
+    Logs            : {log}/*.log      Spans: {log}/traces-*.jsonl
+  A service that stops is started again. Ctrl-C stops everything (services drain first).
 """
 
 
+class LauncherSettings(BaseSettings):
+    """`make run`'s own settings; the services read theirs from the same environment."""
+
+    model_config = SettingsConfigDict(env_prefix="SF_", extra="ignore")
+
+    port: int = Field(default=8000, ge=1, le=65535, description="Ingress's HTTP port.")
+    nats_port: int = Field(default=4222, ge=1, le=65535,
+                           description="nats-server's port (a free one when it is taken).")
+    var_dir: Path = Field(default=ROOT / "var", description="Logs, the SQLite ledger, JetStream's store.")
+    verbose: bool = Field(default=False, description="Echo every line, not only the services' own.")
+
+
 def main() -> None:
-    var = ROOT / "var"
-    http_port = int(os.environ.get("SF_PORT", "8000"))
-    stack = Stack(var_dir=var, echo=printer(everything=os.environ.get("SF_VERBOSE") == "1"),
+    try:
+        settings = load_settings(LauncherSettings)
+    except ConfigError as exc:
+        print(f"==> {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    var = settings.var_dir.resolve()
+    http_port = settings.port
+    stack = Stack(var_dir=var, echo=printer(everything=settings.verbose),
                   env={"SF_OTEL_EXPORTER": os.environ.get("SF_OTEL_EXPORTER", "console"),
                        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
                        "HF_HUB_OFFLINE": "1"})
@@ -41,7 +69,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        url = stack.start_nats(int(os.environ.get("SF_NATS_PORT", "4222")))
+        url = stack.start_nats(settings.nats_port)
         print(f"==> nats-server with JetStream at {url}", flush=True)
         for name, module in (("accounting", "services.accounting"), ("worker", "services.worker")):
             stack.start_service(name, module, {"SF_OTEL_CONSOLE_PATH": str(var / "log" / f"traces-{name}.jsonl")})
@@ -51,9 +79,10 @@ def main() -> None:
         if stack.request_path_cpus:
             print(f"==> nats-server and the services run on CPU {cpu_list(stack.request_path_cpus)}, "
                   "off the cores vLLM computes on", flush=True)
-        print(BANNER.format(port=http_port), flush=True)
+        print(BANNER.format(port=http_port, log=var / "log"), flush=True)
         while not stop.wait(1.0):
-            stack.check_alive()
+            for event in stack.supervise_once():
+                print(f"==> {event}", flush=True)
     except RuntimeError as exc:
         print(f"==> {exc}", file=sys.stderr, flush=True)
         stack.stop()

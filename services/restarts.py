@@ -12,9 +12,10 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass, field
 
-#: What a service exits with when its configuration is wrong (sysexits' ``EX_CONFIG``; the
-#: services' runner, services.shared.runner, exits with it after a one-line message).
-EX_CONFIG = 78
+# What a service exits with, after a one-line message, when its configuration is wrong.
+from services.shared.runner import EX_CONFIG
+
+__all__ = ["EX_CONFIG", "Backoff", "exit_reason", "restartable"]
 
 
 def exit_reason(returncode: int) -> str:

@@ -17,7 +17,7 @@ import pytest
 
 from services.restarts import Backoff
 from services.shared import lifeline, sched
-from services.stack import ROOT, Proc, ServiceStopped, Stack, port_is_free
+from services.stack import ROOT, Proc, ServiceStopped, Stack, free_port, port_is_free
 from tests.support.procs import running, wait_gone
 
 pytestmark = pytest.mark.integration
@@ -140,3 +140,15 @@ def test_nothing_outlives_a_killed_launcher(tmp_path: Path) -> None:
         for pid in started_here:
             if running(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_make_run_stops_with_the_message_of_a_service_whose_configuration_is_wrong(tmp_path: Path) -> None:
+    env = {**os.environ, "SF_PORT": str(free_port()), "SF_NATS_PORT": str(free_port()),
+           "SF_VAR_DIR": str(tmp_path / "var"), "SF_MAX_NUM_SEQS": "0"}
+    done = subprocess.run([sys.executable, "scripts/run_local.py"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert re.search(r"==> worker exited with code 78, its configuration is wrong: \S+ ERROR \[worker\] "
+                     r"configuration error: .*SF_MAX_NUM_SEQS: Input should be greater than or equal to 1",
+                     done.stderr), done.stderr[-2000:]
+    assert (tmp_path / "var" / "log" / "worker.log").exists()
