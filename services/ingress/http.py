@@ -79,8 +79,9 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-def error_response(err: SkinflintError, request_id: str | None) -> JSONResponse:
-    headers = {"x-request-id": request_id} if request_id else {}
+def error_response(err: SkinflintError) -> JSONResponse:
+    # X-Request-Id itself is added to every response by RequestIdMiddleware (once).
+    headers: dict[str, str] = {}
     retry_after = getattr(err, "retry_after", None)
     if retry_after is not None:
         headers["retry-after"] = str(max(1, round(retry_after)))
@@ -110,30 +111,24 @@ def create_http_app(gateway: Gateway) -> FastAPI:
 
     @app.exception_handler(SkinflintError)
     async def _skinflint_error(request: Request, exc: SkinflintError) -> JSONResponse:
-        return error_response(exc, getattr(request.state, "request_id", None))
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         err = exc.errors()[0]
         loc = field_path(err["loc"])
-        return error_response(BadRequest(f"{loc}: {err['msg']}", param=loc),
-                              getattr(request.state, "request_id", None))
+        return error_response(BadRequest(f"{loc}: {err['msg']}", param=loc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = "not_found" if exc.status_code == 404 else "http_error"
-        return error_response(
-            SkinflintError(str(exc.detail), status=exc.status_code, code=code),
-            getattr(request.state, "request_id", None),
-        )
+        return error_response(SkinflintError(str(exc.detail), status=exc.status_code, code=code))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         request_id = getattr(request.state, "request_id", None)
         log.exception("unexpected error on request %s", request_id)
-        return error_response(
-            SkinflintError(f"internal error; it is logged with request id {request_id}"), request_id
-        )
+        return error_response(SkinflintError(f"internal error; it is logged with request id {request_id}"))
 
     @app.post(
         "/v1/chat/completions",

@@ -46,10 +46,10 @@ async def running_ingress(
 
 @asynccontextmanager
 async def running_worker(
-    nats_url: str, seconds_per_token: float = 0.0, **overrides: Any
+    nats_url: str, seconds_per_token: float = 0.0, engine: FakeEngine | None = None, **overrides: Any
 ) -> AsyncIterator[WorkerService]:
     settings = WorkerSettings(nats_url=nats_url, heartbeat_interval_s=0.2, drain_timeout_s=10, **overrides)
-    service = WorkerService(settings, lambda s: FakeEngine(seconds_per_token=seconds_per_token))
+    service = WorkerService(settings, lambda s: engine or FakeEngine(seconds_per_token=seconds_per_token))
     await service.start()
     try:
         yield service
