@@ -18,11 +18,11 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
-from prometheus_client import make_asgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Mount, Route
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,16 @@ def health_app(service_name: str, readiness: Readiness) -> Starlette:
         return JSONResponse({"ready": ready, "service": service_name, **details},
                             status_code=200 if ready else 503)
 
+    async def metrics(_: Request) -> Response:
+        # A route, not a Mount of prometheus-client's ASGI app: a Mount answers /metrics with a
+        # 307 to /metrics/, which a scraper or healthcheck that does not follow redirects reads
+        # as a failure.
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
     return Starlette(routes=[
         Route("/healthz", healthz),
         Route("/readyz", readyz),
-        Mount("/metrics", app=make_asgi_app()),
+        Route("/metrics", metrics),
     ])
 
 
