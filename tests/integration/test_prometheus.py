@@ -24,7 +24,7 @@ import httpx
 import pytest
 import yaml
 
-from services.stack import Stack, free_port, wait_for_port
+from services.stack import ROOT, Stack, free_port, wait_for_port
 from tests.integration.conftest import AUTH, chat
 
 pytestmark = pytest.mark.integration
@@ -221,3 +221,15 @@ def test_prometheus_scrapes_every_service_and_the_series_arrive(
     finally:
         prometheus.stop()
     assert prometheus.process.returncode == 0, prometheus.describe()
+
+
+def test_the_production_scrape_config_is_valid() -> None:
+    """infra/prometheus/prometheus.yml (docker-compose's Prometheus) as Prometheus' own checker
+    reads it; its targets come from Docker's DNS, so only the file is checked here."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("the `promtool` binary (Debian's prometheus package) is not on PATH: `make prometheus`")
+    config = ROOT / "infra/prometheus/prometheus.yml"
+    checked = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True,
+                             timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
