@@ -118,8 +118,10 @@ class _Token:
 
 
 def _inherit(sig: int, parent: int, arm: bool) -> _Token:
-    """Unpickled in a spawned child, before its target is: arm the signal, pass the token on.
-    Never raises: a child that cannot be guarded must still start."""
+    """Unpickled in a spawned child, before its target is: arm the signal, bind the child's own
+    children (the token passes on in its config, forks get the hook). Never raises: a child that
+    cannot be guarded must still start."""
+    _bind_forks(sig)
     if arm:
         try:
             _arm_if_child_of(sig, parent)
@@ -162,6 +164,12 @@ def _after_fork_in_child() -> None:
             die_with_parent(_bound["sig"], _fork.parent)
 
 
+def _bind_forks(sig: int) -> None:
+    if "sig" not in _bound:
+        os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+    _bound["sig"] = sig
+
+
 def bind_children(sig: int = signal.SIGKILL, what: str = "this process") -> bool:
     """From now on, every process this one starts from its main thread with ``multiprocessing``
     (fork or spawn) or ``os.fork`` gets ``sig`` when this one ends, and so do theirs. Call it
@@ -177,9 +185,7 @@ def bind_children(sig: int = signal.SIGKILL, what: str = "this process") -> bool
         log.warning("processes %s spawns may outlive it: multiprocessing keeps no _config here "
                     "(Python %s)", what, platform.python_version())
         return False
-    if "sig" not in _bound:
-        os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
-    _bound["sig"] = sig
+    _bind_forks(sig)
     config[_CONFIG_KEY] = _Token(sig)
     log.info("processes %s starts get %s when it ends", what, signal.Signals(sig).name)
     return True

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from services.shared import lifeline
 
@@ -24,6 +26,11 @@ def report(role: str) -> None:
     say(f"{role} {os.getpid()} {lifeline.parent_death_signal()}")
 
 
+def start(method: str, target: Callable[..., None], *args: str) -> None:
+    context: Any = multiprocessing.get_context(method)  # typeshed: a str gives BaseContext
+    context.Process(target=target, args=args).start()
+
+
 def leaf() -> None:
     report("leaf")
     time.sleep(120)
@@ -31,19 +38,19 @@ def leaf() -> None:
 
 def branch(method: str) -> None:
     report("branch")
-    multiprocessing.get_context(method).Process(target=leaf, daemon=False).start()
+    start(method, leaf)
     time.sleep(120)
 
 
 def main(mode: str) -> None:
     if mode != "unbound":
         lifeline.bind_children(signal.SIGKILL, "the test's middle process")
-    if mode in ("spawn", "fork", "unbound"):
-        method = "fork" if mode == "fork" else "spawn"
-        multiprocessing.get_context(method).Process(target=branch, args=(method,)).start()
+    if mode in ("spawn", "fork", "spawn-then-fork", "unbound"):
+        method, leaf_method = {"fork": ("fork", "fork"), "spawn-then-fork": ("spawn", "fork")}.get(
+            mode, ("spawn", "spawn"))
+        start(method, branch, leaf_method)
     elif mode == "spawn-from-thread":
-        starter = threading.Thread(
-            target=lambda: multiprocessing.get_context("spawn").Process(target=leaf).start())
+        starter = threading.Thread(target=start, args=("spawn", leaf))
         starter.start()
         starter.join()
         say("thread-ended")

@@ -70,7 +70,7 @@ def start(made: list[Tree], mode: str, *roles: str) -> Tree:
     return t
 
 
-@pytest.mark.parametrize("mode", ["spawn", "fork"])
+@pytest.mark.parametrize("mode", ["spawn", "fork", "spawn-then-fork"])
 def test_multiprocessing_children_and_theirs_die_with_the_process(tree: list[Tree], mode: str) -> None:
     t = start(tree, mode, "middle", "branch", "leaf")
     assert t.signals["branch"] == t.signals["leaf"] == signal.SIGKILL
