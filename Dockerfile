@@ -28,6 +28,7 @@ COPY services ./services
 COPY infra/config /etc/skinflint
 # Defaults that make sense in any container (the settings' own defaults suit a checkout).
 ENV SF_HOST=0.0.0.0 \
+    SF_HEALTH_HOST=0.0.0.0 \
     SF_TENANTS_FILE=/etc/skinflint/tenants.yaml \
     SF_PRICEBOOK_FILE=/etc/skinflint/pricebook.yaml
 

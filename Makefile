@@ -86,7 +86,7 @@ test: install prometheus check
 unit: $(STAMP)
 	$(VENV)/bin/pytest -m "unit or component" -ra
 
-integration: $(STAMP)
+integration: $(STAMP) prometheus
 	$(VENV)/bin/pytest -m integration -ra
 
 e2e: install
