@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
+import nats
 import pytest
 
-from contracts.v1 import ChatMessage
+from contracts.v1 import ChatMessage, HopAck, TaskEnvelope
+from services.shared import lane
 from tests.integration.conftest import chat, running_ingress, running_worker
 from tests.integration.test_usage_durability import stored_usage
 from tests.support.fakes import FakeEngine
 from tests.support.natsd import NatsServer
 
 pytestmark = pytest.mark.integration
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples/v1/task_envelope.json"
 
 
 class BrokenTemplate(FakeEngine):
@@ -46,3 +50,25 @@ async def test_a_failing_worker_answers_at_once_and_is_recorded_once(
     assert took < 10, f"the client waited {took:.1f} s (the request timeout is 60 s)"
     stored = await stored_usage(fresh_nats_server.url)
     assert stored == {request_id: 1}
+
+
+async def test_a_stage_whose_hand_off_handler_raises_refuses_at_once(nats_server: NatsServer) -> None:
+    """The sender hears at once (it would otherwise wait out its hop timeout, then answer 504)."""
+
+    async def broken(env: TaskEnvelope) -> HopAck:
+        raise RuntimeError("capacity bookkeeping broke")
+
+    def refuse(reason: str) -> HopAck:
+        return HopAck(accepted=False, stage="probe", instance="t", reason=reason)
+
+    nc = await nats.connect(nats_server.url)
+    try:
+        sub = await lane.serve_hops(nc, "sf.test.broken-hop", "q", broken, refuse)
+        env = TaskEnvelope.model_validate_json(EXAMPLE.read_text())
+        started = time.monotonic()
+        ack = await lane.request_hop(nc, "sf.test.broken-hop", env, timeout_s=5)
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+    assert time.monotonic() - started < 2
+    assert not ack.accepted and ack.reason is not None and env.request_id in ack.reason
