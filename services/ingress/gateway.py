@@ -59,6 +59,13 @@ def decode_json(raw: bytes) -> Any:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
 
 
+def unstreamed(text: str, streamed: list[str]) -> str:
+    """The part of a whole answer ``text`` that its chunks (``streamed``) did not carry: all of
+    it when nothing was streamed, nothing when the chunks already said it all."""
+    sent = "".join(streamed)
+    return text[len(sent):] if text.startswith(sent) else ""
+
+
 class Gateway:
     def __init__(self, settings: IngressSettings, gate: Gate, dispatcher: Dispatcher) -> None:
         self.settings = settings
@@ -118,8 +125,18 @@ class Gateway:
         try:
             env = self.envelope(caller, req, route, request_id, received_at or time.time())
             # aclosing: when our consumer stops early, the dispatcher's clean-up runs now, not at GC.
+            streamed: list[str] = []
             async with contextlib.aclosing(self.dispatcher.replies(env, self.settings.request_timeout_s)) as replies:
                 async for reply in replies:
+                    if isinstance(reply, Chunk):
+                        streamed.append(reply.delta)
+                    elif req.stream and (rest := unstreamed(reply.text, streamed)):
+                        # A stage that answers whole (a cached answer, a direct one) on a streaming
+                        # request: its text still reaches the client as stream content.
+                        streamed.append(rest)
+                        if observation is not None:
+                            observation.first_token()
+                        yield Chunk(request_id=request_id, seq=len(streamed) - 1, delta=rest)
                     if observation is not None and isinstance(reply, Chunk):
                         observation.first_token()
                     yield reply

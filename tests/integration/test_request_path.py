@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import websockets
 
 from contracts.v1 import Final, TaskEnvelope, TokenUsage
 from services.shared.slip import insert_next, skip
 from services.shared.stage import Finish, Forward, StageRunner
-from tests.integration.conftest import chat, running_ingress, running_worker
+from tests.integration.conftest import AUTH, chat, running_ingress, running_worker
 from tests.support.natsd import NatsServer
 
 pytestmark = pytest.mark.integration
@@ -101,3 +102,36 @@ async def test_a_plain_answer_says_where_skinflints_own_time_went(nats_server: N
     # The phases are what the overhead header sums up (one host: the clocks agree); the only gaps
     # are the moments between reading a clock and the next mark.
     assert sum(spent.values()) == pytest.approx(float(r.headers["x-skinflint-overhead-ms"]), abs=1.0)
+
+
+async def test_a_whole_answer_from_a_stage_streams_as_content_over_sse_and_websocket(
+    nats_server: NatsServer,
+) -> None:
+    """A stage that finishes a streaming request with a whole ``Final`` (as a cache hit will):
+    its text reaches the client as stream content, once, with the usage."""
+
+    async def answer_whole(env: TaskEnvelope) -> Finish:
+        return Finish(Final(request_id=env.request_id, text="answered whole", finish_reason="stop",
+                            usage=TokenUsage(prompt_tokens=3, completion_tokens=2), model=env.route.model,
+                            tier="small", served_by="probe"))
+
+    async with running_ingress(nats_server.url, pipeline=["probe", "infer"]) as (ingress, client):
+        runner = StageRunner(ingress.broker, "probe", "test", answer_whole)
+        await runner.start()
+        try:
+            async with client.stream("POST", "/v1/chat/completions", json=chat(
+                    stream=True, stream_options={"include_usage": True})) as s:
+                events = [line[6:] async for line in s.aiter_lines() if line.startswith("data: ")]
+            async with websockets.connect(f"ws://127.0.0.1:{ingress.port}/v1/ws",
+                                          additional_headers=AUTH) as ws:
+                await ws.send(json.dumps({"id": "w1", "request": chat()}))
+                frames = [json.loads(await ws.recv()) for _ in range(2)]
+        finally:
+            await runner.drain()
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == "answered whole"
+    assert chunks[-1]["usage"]["completion_tokens"] == 2
+    assert [f["type"] for f in frames] == ["chunk", "done"]
+    assert frames[0]["delta"] == "answered whole"
+    assert frames[1]["response"]["choices"][0]["message"]["content"] == "answered whole"
