@@ -16,7 +16,7 @@ from faststream.nats import NatsBroker
 from nats.aio.subscription import Subscription
 
 from contracts.subjects import stage_queue_group, stage_subject
-from contracts.v1 import ErrorReply, Final, HopAck, TaskEnvelope, TokenUsage, UsageEvent
+from contracts.v1 import ErrorReply, Final, HopAck, TaskEnvelope, UsageEvent
 from services.shared import lane, metrics
 from services.shared.errors import SkinflintError
 from services.shared.slip import StageHop, advance, current_stage, mark_arrival
@@ -101,11 +101,12 @@ class StageRunner:
     async def _end(self, env: TaskEnvelope, reply: Final | ErrorReply, outcome: str) -> None:
         """This stage ends the task: its one usage event first, then the reply (see ``UsagePublisher``)."""
         metrics.STAGE_OUTCOMES.labels(self.name, env.priority.value, outcome).inc()
-        tokens = reply.usage if isinstance(reply, Final) else TokenUsage(prompt_tokens=0, completion_tokens=0)
+        # No engine ran for this request, so no tokens are charged, and none are claimed as saved
+        # either: a lever that answers (the cache) reports its own outcome and counterfactual.
         event = UsageEvent(
             request_id=env.request_id, tenant=env.tenant, api_key_id=env.api_key_id, model=env.route.model,
             tier=env.route.tier, priority=env.priority, status="ok" if isinstance(reply, Final) else "error",
-            **tokens.model_dump(), worker=self.instance_id, occurred_at=time.time(),
+            prompt_tokens=0, completion_tokens=0, worker=self.instance_id, occurred_at=time.time(),
         )
         try:
             await self._usage.publish(event)

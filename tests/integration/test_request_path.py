@@ -11,6 +11,7 @@ from contracts.v1 import Final, TaskEnvelope, TokenUsage
 from services.shared.slip import insert_next, skip
 from services.shared.stage import Finish, Forward, StageRunner
 from tests.integration.conftest import AUTH, chat, running_ingress, running_worker
+from tests.integration.test_usage_durability import stored_usage
 from tests.support.natsd import NatsServer
 
 pytestmark = pytest.mark.integration
@@ -122,6 +123,7 @@ async def test_a_whole_answer_from_a_stage_streams_as_content_over_sse_and_webso
             async with client.stream("POST", "/v1/chat/completions", json=chat(
                     stream=True, stream_options={"include_usage": True})) as s:
                 events = [line[6:] async for line in s.aiter_lines() if line.startswith("data: ")]
+                sse_request = s.headers["x-request-id"]
             async with websockets.connect(f"ws://127.0.0.1:{ingress.port}/v1/ws",
                                           additional_headers=AUTH) as ws:
                 await ws.send(json.dumps({"id": "w1", "request": chat()}))
@@ -135,3 +137,6 @@ async def test_a_whole_answer_from_a_stage_streams_as_content_over_sse_and_webso
     assert [f["type"] for f in frames] == ["chunk", "done"]
     assert frames[0]["delta"] == "answered whole"
     assert frames[1]["response"]["choices"][0]["message"]["content"] == "answered whole"
+    # The stage ended both tasks: one usage event each, charging no tokens (no engine ran).
+    stored = await stored_usage(nats_server.url)
+    assert [stored.get(rid) for rid in (sse_request, frames[1]["request_id"])] == [1, 1]
