@@ -7,6 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 MODEL  ?= .models/SmolLM2-135M-Instruct
 EMBEDDER ?= .models/all-MiniLM-L6-v2
+VERIFIER ?= .models/cache-verifier.json
 STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -45,7 +46,12 @@ $(MODEL)/.complete: | $(STAMP)
 $(EMBEDDER)/.complete: | $(STAMP)
 	$(PY) scripts/prepare_embedder.py --out $(EMBEDDER)
 
-install: $(STAMP) $(MODEL)/.complete $(EMBEDDER)/.complete
+# The semantic cache's hit decision, trained and calibrated on fow-cache's pairs (seconds); trained
+# again when its code changes. SF_CACHE_TARGET_FALSE_HIT_RATE sets the target (default 1%).
+$(VERIFIER): $(EMBEDDER)/.complete services/cache/features.py services/cache/verifier.py services/cache/quality.py | $(STAMP)
+	$(PY) -m services.cache.verifier train --out $(VERIFIER)
+
+install: $(STAMP) $(MODEL)/.complete $(EMBEDDER)/.complete $(VERIFIER)
 
 model: $(MODEL)/.complete
 

@@ -1,0 +1,133 @@
+"""The verifier's pair features: each names the difference it is meant to see, and only that."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.cache.features import FEATURE_NAMES, analyse, edit_distance, is_typo, pair_features
+
+pytestmark = pytest.mark.unit
+
+
+def feats(a: str, b: str, cosine: float = 0.9) -> dict[str, float]:
+    return dict(zip(FEATURE_NAMES, pair_features(a, b, cosine), strict=True))
+
+
+def test_one_value_per_name_and_symmetric() -> None:
+    a, b = "How do I cancel my subscription?", "Hi, I'd like to end my subscription on Friday, how?"
+    assert len(pair_features(a, b, 0.7)) == len(FEATURE_NAMES) == len(set(FEATURE_NAMES))
+    assert pair_features(a, b, 0.7) == pytest.approx(pair_features(b, a, 0.7))
+
+
+def test_identical_questions() -> None:
+    f = feats("Is the clinic open on Sundays?", "Is  the clinic open on Sundays?")
+    assert f["jaccard"] == f["fuzzy_jaccard"] == f["length_ratio"] == 1.0
+    assert f["typo_only"] == 1.0
+    for name in ("negation_mismatch", "antonym", "number_mismatch", "date_mismatch", "entity_mismatch",
+                 "unmatched_content", "minimal_edit", "reordered", "order_swaps"):
+        assert f[name] == 0.0, name
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    ("Cancel my subscription", "Don't cancel my subscription"),
+    ("Can I park here?", "Can't I park here?"),
+    ("What's the price for members?", "What's the price for non-members?"),
+    ("Which fees can a landlord charge?", "Which fees can a landlord never charge?"),
+])
+def test_negation(a: str, b: str) -> None:
+    assert feats(a, b)["negation_mismatch"] == 1.0
+
+
+def test_negation_is_about_polarity_not_spelling() -> None:
+    assert feats("I can't log in, what should I do?", "I cannot log in, what should I do?")["negation_mismatch"] == 0.0
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    ("Is the clinic open on Sundays?", "Is the clinic closed on Sundays?"),
+    ("How do I turn on two-factor authentication?", "How do I turn off two-factor authentication?"),
+    ("Is ibuprofen safe with alcohol?", "Is ibuprofen unsafe with alcohol?"),
+    ("How do I subscribe to the newsletter?", "How do I unsubscribe from the newsletter?"),
+    ("Which bands have increased this year?", "Which bands have decreased this year?"),
+])
+def test_antonym_and_no_typo(a: str, b: str) -> None:
+    f = feats(a, b)
+    assert f["antonym"] == 1.0
+    assert f["typo_only"] == 0.0, "an opposite is never taken for a misspelling"
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    ("What's 15% of 200?", "What's 50% of 200?"),
+    ("Track order 48213", "Track order 48231"),
+    ("Do you have a table for two?", "Do you have a table for 12?"),
+    ("Who won the World Cup in 2014?", "Who won the World Cup in 2018?"),
+])
+def test_numbers(a: str, b: str) -> None:
+    assert feats(a, b)["number_mismatch"] == 1.0
+
+
+def test_number_words_equal_digits() -> None:
+    assert feats("A table for two at 7pm", "A table for 2 at 7pm")["number_mismatch"] == 0.0
+
+
+def test_dates() -> None:
+    assert feats("Are you open on Saturday?", "Are you open on Sunday?")["date_mismatch"] == 1.0
+    assert feats("Can I book for tomorrow?", "Can I book for Friday?")["date_mismatch"] == 1.0
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    ("How do I export my data from Salesforce?", "How do I export my data from HubSpot?"),
+    ("What's Mary's phone number?", "What's Mark's phone number?"),
+    ("What's the capital of Australia?", "What's the capital of Austria?"),
+    ("How do I install Python on Windows?", "How do I install Python on macOS?"),
+])
+def test_entities(a: str, b: str) -> None:
+    assert feats(a, b)["entity_mismatch"] == 1.0
+
+
+def test_sentence_opening_capital_is_not_an_entity() -> None:
+    assert analyse("Where is my order? Please help.").entities == frozenset()
+    assert analyse("Is the Camden branch open?").entities == {"camden"}
+
+
+def test_typos_are_not_differences() -> None:
+    f = feats("How do I change the email address on my account?", "How do I chnage the email adress on my acount?")
+    assert f["jaccard"] < 1.0
+    assert f["fuzzy_jaccard"] == 1.0 and f["typo_only"] == 1.0 and f["unmatched_content"] == 0.0
+
+
+def test_greetings_and_contractions_are_not_differences() -> None:
+    f = feats("What is the notice period to end my tenancy?", "Hi! What's the notice period to end my tenancy? Cheers")
+    assert f["jaccard"] == 1.0 and f["typo_only"] == 1.0
+
+
+def test_one_word_swap_is_a_minimal_edit() -> None:
+    f = feats("What does my home insurance cover?", "What does my car insurance cover?")
+    assert f["unmatched_content"] == 2.0
+    assert f["minimal_edit"] == pytest.approx(f["fuzzy_jaccard"]) and f["minimal_edit"] > 0.6
+
+
+def test_swapped_order() -> None:
+    f = feats("How do I migrate my database from MySQL to Postgres?",
+              "How do I migrate my database from Postgres to MySQL?")
+    assert f["reordered"] == 1.0 and f["order_swaps"] > 0
+
+
+def test_length_ratio() -> None:
+    assert feats("Track my order", "Track my order for me please now")["length_ratio"] == pytest.approx(3 / 7)
+
+
+def test_low_similarity_rewording_is_marked() -> None:
+    f = feats("What repairs is my landlord responsible for?", "Which bits of maintenance am I expected to handle?", 0.6)
+    assert f["reworded_below_0.8"] > 0.1
+    assert feats("Track my order", "Track my order", 0.6)["reworded_below_0.8"] == 0.0
+
+
+def test_edit_distance_and_typos() -> None:
+    assert edit_distance("evenigns", "evenings") == 1  # a swap of neighbours is one edit
+    assert edit_distance("kitten", "sitting", limit=5) == 3
+    assert edit_distance("a", "abcdef") == 3  # capped at limit + 1
+    assert is_typo("perscription", "prescription")
+    assert is_typo("aply", "apply")
+    assert not is_typo("2014", "2018")
+    assert not is_typo("safe", "unsafe")
+    assert not is_typo("on", "in")
