@@ -200,12 +200,26 @@ def edit_distance(a: str, b: str, limit: int = 2) -> int:
     return min(prev[-1], limit + 1)
 
 
+_ENDINGS = ("ation", "ing", "ed", "es", "s", "e", "al", "ly", "y")
+
+
+def stem(word: str) -> str:
+    """A crude stem: the word without one common ending (waiting/wait, quotation/quote)."""
+    word = _strip_possessive(word)
+    for ending in _ENDINGS:
+        if word.endswith(ending) and len(word) - len(ending) >= 3:
+            return word[: -len(ending)]
+    return word
+
+
 def is_typo(a: str, b: str) -> bool:
-    """Whether two different words are one misspelt as the other (or a plural/possessive of it):
-    one edit for words up to five letters, two for longer ones; digits must match exactly."""
+    """Whether two different words are one misspelt as the other, or another form of it (plural,
+    possessive, -ing, -ed ...): one edit for words up to five letters, two for longer ones;
+    digits must match exactly and opposites (safe/unsafe) never are."""
     if any(c.isdigit() for c in a + b) or _is_opposite(a, b):
         return False
-    if _strip_possessive(a) == _strip_possessive(b):
+    a, b = _strip_possessive(a), _strip_possessive(b)
+    if stem(a) in (b, stem(b)) or stem(b) == a:
         return True
     shorter = min(len(a), len(b))
     if shorter < 3:
@@ -244,9 +258,17 @@ def _is_opposite(a: str, b: str) -> bool:
     return min(len(a), len(b)) >= 3 and any(a == p + b or b == p + a for p in _NEGATING_PREFIXES)
 
 
+def _is_rotation(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """``b`` is ``a`` with a block moved to the front ("For a delayed train, how do I claim a
+    refund?"): a clause moved whole, which keeps the meaning, unlike two words swapped."""
+    return len(a) == len(b) and any(b == a[k:] + a[:k] for k in range(1, len(a)))
+
+
 def _order_swaps(a: tuple[str, ...], b: tuple[str, ...]) -> float:
     """Share of pairs of content words, found once in each text, that come in the other order
-    ("from MySQL to Postgres" / "from Postgres to MySQL")."""
+    ("from MySQL to Postgres" / "from Postgres to MySQL"); a clause moved whole counts nothing."""
+    if _is_rotation(_content(a), _content(b)):
+        return 0.0
     shared = [t for t in a if a.count(t) == 1 and b.count(t) == 1 and t not in STOPWORDS and t not in FILLERS]
     position = {t: b.index(t) for t in shared}
     pairs = [(u, v) for i, u in enumerate(shared) for v in shared[i + 1:]]
@@ -296,7 +318,8 @@ def pair_features(a: str, b: str, cosine: float) -> list[float]:
         fuzzy_jaccard,
         _jaccard(_bigrams(_content(x.tokens)), _bigrams(_content(y.tokens))),
         # The same words in another order: "from savings to current" / "from current to savings".
-        float(words_x == words_y and _content(x.tokens) != _content(y.tokens)),
+        float(words_x == words_y and _content(x.tokens) != _content(y.tokens)
+              and not _is_rotation(_content(x.tokens), _content(y.tokens))),
         _order_swaps(x.tokens, y.tokens),
         float(min(unmatched_content, 5)),
         typo_only,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.cache.features import FEATURE_NAMES, analyse, edit_distance, is_typo, pair_features
+from services.cache.features import FEATURE_NAMES, analyse, edit_distance, is_typo, pair_features, stem
 
 pytestmark = pytest.mark.unit
 
@@ -131,3 +131,15 @@ def test_edit_distance_and_typos() -> None:
     assert not is_typo("2014", "2018")
     assert not is_typo("safe", "unsafe")
     assert not is_typo("on", "in")
+
+
+def test_word_forms_are_not_differences() -> None:
+    assert is_typo("waiting", "wait") and is_typo("quotation", "quote") and is_typo("applying", "apply")
+    assert stem("child's") == "child"
+    f = feats("What is the waiting time for a blood test?", "What's the wait time for a blood test?")
+    assert f["typo_only"] == 1.0
+
+
+def test_a_clause_moved_whole_is_not_a_swap() -> None:
+    f = feats("How do I claim a refund for a delayed train?", "For a delayed train, how do I claim a refund?")
+    assert f["reordered"] == 0.0 and f["order_swaps"] == 0.0
