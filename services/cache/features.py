@@ -67,8 +67,11 @@ _NUMBER_WORDS = {
         "fifteen sixteen seventeen eighteen nineteen twenty"))
 } | {"thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70", "eighty": "80",
      "ninety": "90", "hundred": "100", "thousand": "1000", "million": "1000000", "half": "0.5",
-     "first": "1st", "second": "2nd", "third": "3rd", "fourth": "4th", "fifth": "5th", "once": "1x",
-     "twice": "2x", "double": "2x", "triple": "3x", "single": "1", "couple": "2", "dozen": "12"}
+     "first": "1st", "third": "3rd", "fourth": "4th", "fifth": "5th", "once": "1x",
+     "twice": "2x", "double": "2x", "triple": "3x", "dozen": "12"}
+# Number words that are more often not numbers: "quick one", "wait a second", "single sign-on".
+for _word in ("one", "second", "single", "couple"):
+    _NUMBER_WORDS.pop(_word, None)
 DATE_WORDS = frozenset(_split(
     "monday tuesday wednesday thursday friday saturday sunday mondays tuesdays wednesdays thursdays "
     "fridays saturdays sundays weekend weekends weekday weekdays today tomorrow yesterday tonight "
@@ -88,7 +91,7 @@ STOPWORDS = frozenset(_split(
 #: Greetings, thanks and spoken fillers: they never change what is asked ("Hi, quick one: ...").
 FILLERS = frozenset(_split(
     "hi hello hey hiya team please thanks thank cheers um uh er erm "
-    "so like okay ok yeah well just wondering quick question sorry bother silly many advance "
+    "so like okay ok yeah well just wondering quick question one sorry bother silly many advance "
     "kind kindly regards"))
 #: Contractions written out, so "What's" and "What is" are the same words.
 _CONTRACTIONS = {
@@ -227,14 +230,16 @@ def is_typo(a: str, b: str) -> bool:
     return edit_distance(a, b) <= (1 if shorter <= 5 else 2)
 
 
-def _typo_matches(left: Iterable[str], right: set[str]) -> tuple[int, set[str], set[str]]:
+def _typo_matches(left: Iterable[str], right: set[str], names: frozenset[str] = frozenset()
+                  ) -> tuple[int, set[str], set[str]]:
     """Greedily pair words of ``left`` with typo twins in ``right``; returns (pairs, unmatched
-    left, unmatched right)."""
+    left, unmatched right). A word that is a name (in ``names``) pairs only as a name would
+    (:func:`_same_name`)."""
     free = set(right)
     unmatched_left: set[str] = set()
     pairs = 0
     for word in sorted(left):
-        twin = next((w for w in sorted(free) if is_typo(word, w)), None)
+        twin = next((w for w in sorted(free) if _twins(word, w, names)), None)
         if twin is None:
             unmatched_left.add(word)
         else:
@@ -243,13 +248,23 @@ def _typo_matches(left: Iterable[str], right: set[str]) -> tuple[int, set[str], 
     return pairs, unmatched_left, free
 
 
+def _twins(a: str, b: str, names: frozenset[str]) -> bool:
+    if _strip_possessive(a) in names or _strip_possessive(b) in names:
+        return _same_name(_strip_possessive(a), _strip_possessive(b))
+    return is_typo(a, b)
+
+
+def _same_name(a: str, b: str) -> bool:
+    """A misspelt name is the same name only when it is long and one edit away: short names a
+    letter apart are other names (Mary / Mark), and so are longer ones two apart (Australia /
+    Austria)."""
+    return a == b or (min(len(a), len(b)) >= 6 and not any(c.isdigit() for c in a + b)
+                      and edit_distance(a, b, limit=1) <= 1)
+
+
 def _entity_in(entity: str, other: Text) -> bool:
-    """Whether ``other`` names ``entity`` too; a misspelling counts only for longer names, since
-    short ones differing by a letter are other names (Mary / Mark), and only by one edit
-    (Australia / Austria)."""
-    names = other.entities | other.words
-    return entity in names or (len(entity) >= 6 and any(
-        edit_distance(entity, n, limit=1) <= 1 and not any(c.isdigit() for c in n) for n in names))
+    """Whether ``other`` names ``entity`` too (see :func:`_same_name`)."""
+    return any(_same_name(entity, _strip_possessive(n)) for n in other.entities | other.words)
 
 
 def _is_opposite(a: str, b: str) -> bool:
@@ -296,7 +311,7 @@ def pair_features(a: str, b: str, cosine: float) -> list[float]:
     only_x, only_y = words_x - words_y, words_y - words_x
     union = len(words_x | words_y) or 1
     jaccard = len(words_x & words_y) / union
-    typos, left, right = _typo_matches(only_x, set(only_y))
+    typos, left, right = _typo_matches(only_x, set(only_y), x.entities | y.entities)
     fuzzy_jaccard = (len(words_x & words_y) + typos) / max(1, union - typos)
     unmatched_content = len((left | right) - STOPWORDS)
     antonym = any(_is_opposite(u, v) for u in only_x for v in only_y)

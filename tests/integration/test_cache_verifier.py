@@ -74,7 +74,7 @@ def test_cross_validated_beats_the_best_cosine_threshold(data: Featurised) -> No
     for cat in set(data.categories):
         rows = (categories == cat) & ~data.same
         if rows.any():
-            assert accepted[rows].mean() <= 0.03, cat  # 2 of 75 is 2.7%: one pair of slack per category
+            assert accepted[rows].mean() <= 0.02, cat
     best = threshold_for(data.cosine, data.same, BEST_COSINE_BUDGET)
-    assert hit_rate > (data.cosine[data.same] > best).mean() + 0.1
+    assert hit_rate > (data.cosine[data.same] > best).mean() + 0.2
     assert (data.cosine[~data.same] > 0.8).mean() > 0.4  # the fixed 0.8 threshold fails as the issue says

@@ -143,3 +143,9 @@ def test_word_forms_are_not_differences() -> None:
 def test_a_clause_moved_whole_is_not_a_swap() -> None:
     f = feats("How do I claim a refund for a delayed train?", "For a delayed train, how do I claim a refund?")
     assert f["reordered"] == 0.0 and f["order_swaps"] == 0.0
+
+
+def test_one_as_a_pronoun_is_not_a_number() -> None:
+    f = feats("How do I order a replacement debit card?", "Hi, quick one: how do I order a replacement debit card?")
+    assert f["number_mismatch"] == 0.0 and f["typo_only"] == 1.0
+    assert feats("A table for two", "A table for three")["number_mismatch"] == 1.0
