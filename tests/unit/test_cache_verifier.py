@@ -161,3 +161,30 @@ def test_no_allowance_accepts_no_negative() -> None:
     verifier = train(x, y, groups, target=0.0, k=5)
     assert math.isfinite(verifier.threshold)
     assert verifier.trained_on["oof_false_hit_rate"] == 0.0
+
+
+def test_read_pairs_names_the_bad_line(tmp_path: Path) -> None:
+    from services.cache.quality import read_pairs
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"a": "x", "b": "y", "same_answer": true, "category": "c", "extra": 1}\n\n'
+                    '{"a": "x", "same_answer": false}\n')
+    with pytest.raises(SystemExit, match=r"pairs\.jsonl:3: b: Field required"):
+        read_pairs(path)
+    path.write_text('{"a": "x", "b": "y", "same_answer": true}\n')
+    pairs, digest = read_pairs(path)
+    assert pairs[0].category == "all" and len(digest) == 64
+
+
+def test_table_reports_hit_and_false_hit_rates_per_category() -> None:
+    from services.cache.quality import Featurised, table
+
+    same = np.array([True, True, True, False, False, False])
+    data = Featurised(x=np.zeros((6, 1)), same=same, cosine=np.zeros(6), groups=list("abcdef"),
+                      categories=["para", "para", "typo", "neg", "neg", "num"])
+    out = table(data, {"mine": np.array([True, False, True, True, False, False])})
+    lines = {line.strip().split("  ")[0]: line for line in out.splitlines()}
+    assert "66.7% (2/3)" in lines["hit rate (all)"]
+    assert "33.3% (1/3)" in lines["false-hit rate (all)"]
+    assert "50.0% (1/2)" in lines["para: hit"] and "50.0% (1/2)" in lines["neg: false hit"]
+    assert "0.0% (0/1)" in lines["num: false hit"] and "100.0% (1/1)" in lines["typo: hit"]
