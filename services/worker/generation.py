@@ -124,13 +124,7 @@ async def answer(env: TaskEnvelope, engine: Engine, sink: ReplySink, who: Worker
     in_engine = False
     reply: Final | ErrorReply
     try:
-        try:
-            prompt, params = plan(env, engine, who)
-        except SkinflintError:
-            raise
-        except Exception as exc:
-            log.exception("preparing request %s failed", env.request_id)
-            raise _Failed(failure_reply(env, "preparing the prompt")) from exc
+        prompt, params = plan(env, engine, who)
         timings = PathTimings(arrived_at=env.marks[-1].arrived_at if env.marks else None,
                               engine_started_at=time.time())
         parts: list[str] = []
@@ -153,14 +147,17 @@ async def answer(env: TaskEnvelope, engine: Engine, sink: ReplySink, who: Worker
         raise
     except SkinflintError as exc:
         reply, status = exc.to_reply(env.request_id), "error"
-    except _Failed as failed:
-        reply, status = failed.reply, "error"
     except Exception:
-        log.exception("engine failed on request %s", env.request_id)
-        reply, status = ErrorReply(
-            request_id=env.request_id, status=500, code="engine_error",
-            message=f"the model failed while answering; the error is logged with request id {env.request_id}",
-        ), "error"
+        status = "error"
+        if in_engine:
+            log.exception("engine failed on request %s", env.request_id)
+            reply = ErrorReply(
+                request_id=env.request_id, status=500, code="engine_error",
+                message=f"the model failed while answering; the error is logged with request id {env.request_id}",
+            )
+        else:
+            log.exception("preparing request %s failed", env.request_id)
+            reply = failure_reply(env, "preparing the prompt")
     # Usage first, then the reply, on the same connection: see the contract above.
     await asyncio.shield(_report(sink, env, who, status, last, len(prompt) if in_engine else 0,
                                  queue_seconds, started))
@@ -168,14 +165,6 @@ async def answer(env: TaskEnvelope, engine: Engine, sink: ReplySink, who: Worker
         reply.timings.sent_at = time.time()
     await sink.reply(env, reply)
     return reply
-
-
-class _Failed(Exception):
-    """Carries the reply for a failure already logged."""
-
-    def __init__(self, reply: ErrorReply) -> None:
-        super().__init__(reply.message)
-        self.reply = reply
 
 
 async def _report(sink: ReplySink, env: TaskEnvelope, who: WorkerIdentity, status: str, last: EngineStep | None,
