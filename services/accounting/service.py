@@ -31,7 +31,7 @@ from services.accounting.ledger import Ledger, UnstorableUsage, make_engine
 from services.accounting.pricing import UNPRICED, Charge, PriceBook, UnknownTier
 from services.accounting.settings import AccountingSettings
 from services.shared import metrics
-from services.shared.broker import ensure_streams, make_broker
+from services.shared.broker import ensure_streams, is_connected, make_broker
 from services.shared.deployment import load_pricebook
 from services.shared.telemetry import setup_tracing
 from services.shared.validation import summary
@@ -180,7 +180,7 @@ class AccountingService:
             await self.engine.dispose()
 
     def ready(self) -> tuple[bool, dict[str, object]]:
-        connected = self.broker.connection is not None and self.broker.connection.is_connected
+        connected = is_connected(self.broker)
         return connected and self.ledger is not None, {"bus": connected, "ledger": self.ledger is not None}
 
 

@@ -22,6 +22,7 @@ from services.ingress.fields import refuse_unhonoured
 from services.ingress.observe import Observation
 from services.ingress.settings import IngressSettings
 from services.ingress.tenants import Caller, Gate
+from services.shared.broker import is_connected
 from services.shared.errors import BadRequest, NotFound
 from services.shared.validation import problems
 
@@ -74,8 +75,7 @@ class Gateway:
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready when connected to the bus with at least one live worker (from heartbeats)."""
-        connection = self.dispatcher.broker.connection
-        connected = connection is not None and connection.is_connected
+        connected = is_connected(self.dispatcher.broker)
         workers = self.dispatcher.workers.live()
         return connected and bool(workers), {"bus": connected, "workers": [
             {"id": w.worker_id, "tier": w.tier, "inflight": w.inflight_interactive + w.inflight_bulk,

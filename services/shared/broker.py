@@ -39,6 +39,12 @@ def make_broker(
     )
 
 
+def is_connected(broker: NatsBroker) -> bool:
+    """Whether the broker holds a live connection to the bus now (False before it connected)."""
+    connection = broker.connection
+    return connection is not None and connection.is_connected
+
+
 def _stream_config(spec: StreamSpec) -> StreamConfig:
     return StreamConfig(
         name=spec.name,

@@ -18,6 +18,7 @@ from nats.js.client import JetStreamContext
 from contracts.subjects import USAGE_STREAM, USAGE_SUBJECT
 from contracts.v1 import UsageEvent
 from services.shared import lane
+from services.shared.broker import is_connected
 from services.shared.outbox import UsageOutbox
 
 
@@ -68,7 +69,6 @@ class UsagePublisher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sender
             self._sender = None
-        connection = self._broker.connection
-        if connection is not None and connection.is_connected:
+        if is_connected(self._broker):
             await self.outbox.flush(timeout_s)
         self.outbox.cancel_waiters()

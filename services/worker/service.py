@@ -44,7 +44,7 @@ from contracts.v1 import (
     WorkerHeartbeat,
 )
 from services.shared import lane, metrics
-from services.shared.broker import ensure_streams, make_broker
+from services.shared.broker import ensure_streams, is_connected, make_broker
 from services.shared.deployment import check_priced, load_pricebook
 from services.shared.settings import env_name
 from services.shared.slip import mark_arrival
@@ -113,8 +113,11 @@ class WorkerService:
         self._background: list[asyncio.Task[None]] = []
         self._interactive: Subscription | None = None
         self.broker.subscriber(CANCEL_SUBJECT, title="cancel")(self.on_cancel)
-        self._slots_in_use = metrics.ENGINE_SLOTS_IN_USE
         metrics.ENGINE_SLOTS.labels(settings.tier).set(self.capacity.slots)
+        # Read off the admission counts when scraped, rather than kept beside them.
+        in_use = metrics.ENGINE_SLOTS_IN_USE
+        in_use.labels(settings.tier, Priority.INTERACTIVE.value).set_function(lambda: self.capacity.interactive)
+        in_use.labels(settings.tier, Priority.BULK.value).set_function(lambda: self.capacity.bulk)
 
     # --- handlers -------------------------------------------------------------------------
     async def on_task(self, env: TaskEnvelope) -> HopAck:
@@ -146,7 +149,6 @@ class WorkerService:
     def _start(self, env: TaskEnvelope, priority: Priority, queued_at: float,
                on_done: Callable[[bool], object] | None = None, announce: bool = False) -> None:
         self.capacity.take(priority)
-        self._slots_in_use.labels(self.settings.tier, priority.value).inc()
         mark_arrival(env, INFER_STAGE, self.identity.worker_id)
         task = asyncio.create_task(self._run(env, queued_at, on_done, announce), name=f"task-{env.request_id}")
         self._tasks[env.request_id] = task
@@ -154,7 +156,6 @@ class WorkerService:
         def _finished(_: asyncio.Task[None]) -> None:
             self._tasks.pop(env.request_id, None)
             self.capacity.release(priority)
-            self._slots_in_use.labels(self.settings.tier, priority.value).dec()
             self._freed.set()
 
         task.add_done_callback(_finished)
@@ -280,14 +281,14 @@ class WorkerService:
         if not self.settings.bulk_enabled:
             return
         try:
-            js = self.sink.usage_publisher.js
+            js = self.broker.connection.jetstream()
             info = await js.consumer_info(BULK_STREAM.name, bulk_durable(self.settings.tier))
         except Exception:
             return  # the consumer is not created yet, or the bus is away: keep the last value
         metrics.BULK_BACKLOG.labels(self.settings.tier).set(info.num_pending or 0)
 
     def ready(self) -> tuple[bool, dict[str, object]]:
-        connected = self.broker.connection is not None and self.broker.connection.is_connected
+        connected = is_connected(self.broker)
         ready = connected and self.engine is not None and not self._draining
         return ready, {"bus": connected, "tier": self.settings.tier, "model": self.settings.model_name,
                        "slots": self.capacity.slots, "inflight_interactive": self.capacity.interactive,
