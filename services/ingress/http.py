@@ -11,8 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -36,6 +35,7 @@ from services.shared.errors import (
     SkinflintError,
     Unavailable,
 )
+from services.shared.health import metrics
 from services.shared.usage_table import render_table
 from services.shared.validation import field_path
 
@@ -227,9 +227,7 @@ def create_http_app(gateway: Gateway) -> FastAPI:
     async def healthz() -> dict[str, Any]:
         return {"status": "ok"}
 
-    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
-    async def prometheus_metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    app.add_route("/metrics", metrics, include_in_schema=False)
 
     @app.get("/readyz", summary="Readiness: connected to the bus, with live workers")
     async def readyz() -> JSONResponse:

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Collection
-
-import uvicorn
 
 from contracts.subjects import ALL_STREAMS, KNOWN_STAGES
 from services.ingress.dispatch import Dispatcher
@@ -15,6 +11,7 @@ from services.ingress.gateway import Gateway
 from services.ingress.http import create_http_app
 from services.ingress.settings import IngressSettings
 from services.ingress.tenants import Gate, TenantsFile
+from services.shared.asgi_server import AsgiServer
 from services.shared.broker import ensure_streams, make_broker
 from services.shared.deployment import check_pipeline, check_priced, load_pricebook
 from services.shared.settings import env_name, load_config_file
@@ -46,46 +43,34 @@ class IngressService:
                                            excluded_urls="healthz,readyz",
                                            # One span per request, not one more per ASGI message.
                                            exclude_spans=["receive", "send"])
-        self._server: uvicorn.Server | None = None
-        self._serving: asyncio.Task[None] | None = None
+        self._server: AsgiServer | None = None
 
     @property
     def port(self) -> int:
         """The bound port (useful with port 0)."""
-        assert self._server is not None and self._server.servers
-        return int(self._server.servers[0].sockets[0].getsockname()[1])
+        assert self._server is not None
+        return self._server.port
 
     async def start(self) -> None:
         await self.broker.start()
         await ensure_streams(self.broker, ALL_STREAMS)
         await self.dispatcher.connect()
-        config = uvicorn.Config(self.app, host=self.settings.host, port=self.settings.port,
-                                log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=int(self.settings.drain_timeout_s))
-        self._server = uvicorn.Server(config)
-        # The service runner owns SIGTERM/SIGINT (drain, then close); uvicorn must not take them.
-        self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-        self._serving = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._serving.done():
-                await self._serving  # re-raise the bind error
-            await asyncio.sleep(0.02)
+        self._server = AsgiServer(self.app, self.settings.host, self.settings.port,
+                                  timeout_graceful_shutdown=int(self.settings.drain_timeout_s))
+        await self._server.start()
         log.info("listening on http://%s:%d (OpenAI base URL: http://%s:%d/v1)", self.settings.host,
                  self.port, self.settings.host, self.port)
 
     async def drain(self) -> None:
         # uvicorn stops accepting, then waits for in-flight requests (whose replies still arrive
         # over the bus, which stays connected until close).
-        if self._server is not None and self._serving is not None:
-            self._server.should_exit = True
-            await self._serving
+        if self._server is not None:
+            await self._server.stop()
 
     def ready(self) -> tuple[bool, dict[str, object]]:
         return self.gateway.readiness()
 
     async def close(self) -> None:
-        if self._server is not None and self._serving is not None and not self._serving.done():
-            self._server.force_exit = True
-            self._server.should_exit = True
-            await asyncio.gather(self._serving, return_exceptions=True)
+        if self._server is not None:
+            await self._server.close()
         await self.broker.stop()

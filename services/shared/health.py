@@ -11,18 +11,17 @@ but not ready, and an orchestrator neither kills it nor sends it work.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
 
-import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from services.shared.asgi_server import AsgiServer
 
 log = logging.getLogger(__name__)
 
@@ -39,44 +38,21 @@ def health_app(service_name: str, readiness: Readiness) -> Starlette:
         return JSONResponse({"ready": ready, "service": service_name, **details},
                             status_code=200 if ready else 503)
 
-    async def metrics(_: Request) -> Response:
-        # A route, not a Mount of prometheus-client's ASGI app: a Mount answers /metrics with a
-        # 307 to /metrics/, which a scraper or healthcheck that does not follow redirects reads
-        # as a failure.
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
     return Starlette(routes=[
         Route("/healthz", healthz),
         Route("/readyz", readyz),
+        # A route, not a Mount of prometheus-client's ASGI app: a Mount answers /metrics with a
+        # 307 to /metrics/, which a scraper or healthcheck that does not follow redirects reads
+        # as a failure.
         Route("/metrics", metrics),
     ])
 
 
-class HealthServer:
-    """The three endpoints on ``host:port`` (port 0: any free port, see ``port``)."""
+async def metrics(_: Request) -> Response:
+    """``GET /metrics``: this process's registry in Prometheus' text format (ingress serves it too)."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    def __init__(self, service_name: str, host: str, port: int, readiness: Readiness) -> None:
-        config = uvicorn.Config(health_app(service_name, readiness), host=host, port=port,
-                                log_level="warning", access_log=False, lifespan="off")
-        self._server = uvicorn.Server(config)
-        # The service runner owns SIGTERM/SIGINT; uvicorn must not take them.
-        self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-        self._serving: asyncio.Task[None] | None = None
 
-    @property
-    def port(self) -> int:
-        assert self._server.servers, "the health server is not started"
-        return int(self._server.servers[0].sockets[0].getsockname()[1])
-
-    async def start(self) -> None:
-        self._serving = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._serving.done():
-                await self._serving  # re-raise the bind error
-                raise RuntimeError("the health server stopped before it started")
-            await asyncio.sleep(0.02)
-
-    async def stop(self) -> None:
-        if self._serving is not None:
-            self._server.should_exit = True
-            await asyncio.gather(self._serving, return_exceptions=True)
+def health_server(service_name: str, host: str, port: int, readiness: Readiness) -> AsgiServer:
+    """The three endpoints on ``host:port`` (port 0: any free port, see ``AsgiServer.port``)."""
+    return AsgiServer(health_app(service_name, readiness), host, port)

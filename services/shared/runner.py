@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn, Protocol, TypeVar
 
 from services.shared import sched
-from services.shared.health import HealthServer
+from services.shared.health import health_server
 from services.shared.settings import ConfigError, ServiceSettings, load_settings
 
 log = logging.getLogger("skinflint")
@@ -77,7 +77,7 @@ async def serve(service: Service, drain_timeout_s: float, stop: asyncio.Event | 
     server = None
     try:
         if health is not None:
-            server = HealthServer(service.name, health[0], health[1], readiness)
+            server = health_server(service.name, health[0], health[1], readiness)
             await server.start()
             log.info("%s: /healthz, /readyz and /metrics on http://%s:%d", service.name, health[0], server.port)
         await service.start()
@@ -104,7 +104,7 @@ async def serve(service: Service, drain_timeout_s: float, stop: asyncio.Event | 
         phase = "stopping"
         await service.close()
         if server is not None:
-            await server.stop()
+            await server.close()
         log.info("%s stopped", service.name)
 
 
