@@ -32,7 +32,7 @@ import httpx
 
 from services.restarts import Backoff, exit_reason, restartable
 from services.shared import lifeline, sched
-from services.shared.settings import ServiceSettings
+from services.shared.settings import ServiceSettings, env_name
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -221,8 +221,8 @@ class Stack:
 
     def _service_settings(self) -> ServiceSettings:
         """The settings every service of this stack reads: the environment, with ``env`` over it."""
-        ours: dict[str, Any] = {name: self.env[f"SF_{name.upper()}"] for name in ServiceSettings.model_fields
-                if f"SF_{name.upper()}" in self.env}
+        ours: dict[str, Any] = {name: self.env[env_name(name)] for name in ServiceSettings.model_fields
+                                if env_name(name) in self.env}
         return ServiceSettings(**ours)
 
     def metrics_targets(self) -> dict[str, str]:
