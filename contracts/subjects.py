@@ -13,6 +13,8 @@ VERSION_PREFIX = "sf.v1"
 
 #: The stage name of the inference worker; its subject depends on the tier and priority.
 INFER_STAGE = "infer"
+#: The cache stage (exact and semantic answers); first on the itinerary, optional.
+CACHE_STAGE = "cache"
 
 
 class Priority(StrEnum):
@@ -55,6 +57,15 @@ HEARTBEAT_SUBJECT = f"{VERSION_PREFIX}.worker.heartbeat"
 CANCEL_SUBJECT = f"{VERSION_PREFIX}.cancel"
 #: Request/reply: usage totals from accounting.
 USAGE_QUERY_SUBJECT = f"{VERSION_PREFIX}.accounting.usage"
+
+#: Workers announce whole answers here after replying; a cache replica (queue group) learns them.
+CACHE_FILL_SUBJECT = f"{VERSION_PREFIX}.cache.fill"
+#: Request/reply: purge cached answers (``CachePurge`` -> ``CachePurged``); every replica shares the stores.
+CACHE_PURGE_SUBJECT = f"{VERSION_PREFIX}.cache.purge"
+CACHE_FILL_QUEUE_GROUP = "sf-cache-fill"
+CACHE_PURGE_QUEUE_GROUP = "sf-cache-purge"
+#: The exact cache's JetStream key-value bucket.
+CACHE_EXACT_BUCKET = "SF_CACHE_EXACT"
 
 #: Queue groups: members of one group share the subject's messages.
 WORKER_QUEUE_GROUP = "sf-workers"
@@ -111,4 +122,4 @@ def bulk_durable(tier: str) -> str:
 
 #: Every stage a request's itinerary may name, in the order a pipeline visits them. Stages arrive
 #: with their services (cache, classifier, retrieval); inference always ends the itinerary.
-KNOWN_STAGES: tuple[str, ...] = (INFER_STAGE,)
+KNOWN_STAGES: tuple[str, ...] = (CACHE_STAGE, INFER_STAGE)

@@ -71,8 +71,10 @@ def main() -> None:
     try:
         url = stack.start_nats(settings.nats_port)
         print(f"==> nats-server with JetStream at {url}", flush=True)
-        for name, module in (("accounting", "services.accounting"), ("worker", "services.worker")):
-            stack.start_service(name, module, {"SF_OTEL_CONSOLE_PATH": str(var / "log" / f"traces-{name}.jsonl")})
+        for name, module in (("accounting", "services.accounting"), ("cache", "services.cache"),
+                             ("worker", "services.worker")):
+            stack.start_service(name, module, {"SF_OTEL_CONSOLE_PATH": str(var / "log" / f"traces-{name}.jsonl"),
+                                               "SF_QDRANT_PATH": str(var / "qdrant")})
         stack.start_ingress(http_port, {"SF_OTEL_CONSOLE_PATH": str(var / "log" / "traces-ingress.jsonl")})
         print("==> waiting for the worker to load the model (about a minute on CPU)", flush=True)
         stack.wait_ready(timeout_s=600)

@@ -319,7 +319,7 @@ _WORTH_SHOWING = re.compile(r"^\d\d:\d\d:\d\d \w+ +\[|ERROR|Error|Traceback|\[ER
 def printer(out: IO[str] = sys.stdout, everything: bool = False) -> Callable[[str, str], None]:
     """Console echo of the services' output. Unless ``everything``, third-party chatter (vLLM's
     start-up warnings, framework banners) is left to the log files."""
-    colours = {"nats": 90, "ingress": 36, "worker": 35, "accounting": 33}
+    colours = {"nats": 90, "ingress": 36, "worker": 35, "accounting": 33, "cache": 32}
     lock = threading.Lock()
     tty = out.isatty()
 

@@ -1,8 +1,12 @@
 """Version 1 of the wire contracts. Within v1 fields may only be added, optional, with defaults."""
 
+from contracts.v1.cache import CacheControl, CacheMode, CacheNote, CacheOutcome
 from contracts.v1.chat import ChatMessage, ChatRequest, JsonSchemaFormat, ResponseFormat, StreamOptions, WireModel
 from contracts.v1.envelope import Route, StageMark, TaskEnvelope
 from contracts.v1.events import (
+    AnswerAnnounced,
+    CachePurge,
+    CachePurged,
     CancelRequest,
     HopAck,
     UsageEvent,
@@ -16,6 +20,13 @@ from contracts.v1.replies import REPLY_ADAPTER, Accepted, Chunk, ErrorReply, Fin
 __all__ = [
     "REPLY_ADAPTER",
     "Accepted",
+    "AnswerAnnounced",
+    "CacheControl",
+    "CacheMode",
+    "CacheNote",
+    "CacheOutcome",
+    "CachePurge",
+    "CachePurged",
     "CancelRequest",
     "ChatMessage",
     "ChatRequest",

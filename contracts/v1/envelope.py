@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from contracts.subjects import Priority
+from contracts.v1.cache import CacheControl, CacheNote
 from contracts.v1.chat import ChatRequest, WireModel
 
 
@@ -49,3 +50,16 @@ class TaskEnvelope(WireModel):
         description="What stages learned (cache outcome, tier decision, context); keyed by stage.",
     )
     job_id: str | None = Field(default=None, description="The bulk job this task belongs to, if any.")
+    optional: list[str] = Field(
+        default_factory=list,
+        description="Stages that may be skipped when no replica takes the task or it fails there "
+        "(the request then goes on without them, and the skip is recorded).",
+    )
+    cache_control: CacheControl = Field(
+        default_factory=CacheControl, description="What the request lets the cache do."
+    )
+    cache: CacheNote | None = Field(default=None, description="What the cache stage did, once it ran.")
+    query_embedding: list[float] | None = Field(
+        default=None, description="Unit embedding of the last user turn, computed once (by the cache stage) "
+        "for every later stage.",
+    )

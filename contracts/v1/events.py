@@ -7,7 +7,9 @@ from typing import Literal
 from pydantic import Field
 
 from contracts.subjects import Priority
-from contracts.v1.chat import WireModel
+from contracts.v1.cache import CacheControl
+from contracts.v1.chat import ChatRequest, WireModel
+from contracts.v1.replies import Final
 
 
 class UsageEvent(WireModel):
@@ -26,7 +28,24 @@ class UsageEvent(WireModel):
     queue_seconds: float = Field(default=0.0, ge=0.0, description="Wait for a worker slot.")
     engine_seconds: float = Field(default=0.0, ge=0.0, description="Time inside the engine.")
     worker: str = Field(default="", description="Replica that served it.")
-    cache_outcome: str = Field(default="none", description="Cache result: none, exact, semantic, miss.")
+    cache_outcome: str = Field(
+        default="none", description="Cache result: none, exact, semantic, miss, bypass, skipped (CacheOutcome)."
+    )
+    cache_similarity: float | None = Field(default=None, description="Similarity of the semantic match served.")
+    cache_source_tier: str | None = Field(
+        default=None, description="A hit: the tier that produced the answer served (prices what it saved)."
+    )
+    cache_source_prompt_tokens: int = Field(default=0, ge=0, description="A hit: prompt tokens the answer cost.")
+    cache_source_completion_tokens: int = Field(
+        default=0, ge=0, description="A hit: completion tokens the answer cost."
+    )
+    cache_shadow: str = Field(
+        default="none", description="Shadow mode: what the cache would have served (none, exact, semantic, miss)."
+    )
+    cache_shadow_similarity: float | None = Field(default=None, description="Similarity of the shadow match.")
+    cache_shadow_match: bool | None = Field(
+        default=None, description="Shadow hit: whether the model's answer equals the one it would have served."
+    )
     occurred_at: float = Field(description="Unix time the request finished.")
 
 
@@ -75,7 +94,39 @@ class UsageRow(WireModel):
     completion_tokens: int = Field(description="Generated tokens.")
     cost_usd: str = Field(description="Actual cost, decimal string.")
     reference_cost_usd: str = Field(description="What the reference tier, uncached, would have cost.")
+    cache_hits: int = Field(default=0, description="Requests answered from the cache (exact or semantic).")
+    cache_saved_usd: str = Field(
+        default="0.000000000",
+        description="What the cached answers served had cost when the model made them (priced at their tier).",
+    )
 
 
 class UsageReport(WireModel):
     rows: list[UsageRow] = Field(description="Totals per tenant and tier.")
+
+
+class AnswerAnnounced(WireModel):
+    """A whole answer a worker gave, announced after the reply so the cache may learn it."""
+
+    request_id: str = Field(description="The request answered.")
+    tenant: str = Field(description="Tenant that asked.")
+    request: ChatRequest = Field(description="The chat request, as on the envelope.")
+    control: CacheControl = Field(description="What the request lets the cache do.")
+    embedding: list[float] | None = Field(default=None, description="The query embedding the cache computed.")
+    final: Final = Field(description="The answer.")
+
+
+class CachePurge(WireModel):
+    """Remove cached answers: a tenant's, those with a tag (of one tenant, or all), or everything."""
+
+    tenant: str | None = Field(default=None, description="Only this tenant's entries; None: every tenant's.")
+    tag: str | None = Field(default=None, description="Only entries stored with this tag.")
+
+
+class CachePurged(WireModel):
+    """The answer to a ``CachePurge``."""
+
+    ok: bool = Field(description="Whether the purge ran.")
+    exact_removed: int | None = Field(default=None, description="Exact entries removed, when known.")
+    semantic_removed: int | None = Field(default=None, description="Semantic index points removed, when known.")
+    error: str | None = Field(default=None, description="What went wrong, if it did not run.")

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter
 
+from contracts.v1.cache import CacheNote
 from contracts.v1.chat import WireModel
 
 
@@ -25,6 +26,9 @@ class Accepted(WireModel):
     request_id: str = Field(description="The request this is about.")
     stage: str = Field(description="The stage that holds the task.")
     instance: str = Field(description="The replica that holds it (worker id).")
+    cache: CacheNote | None = Field(
+        default=None, description="What the cache stage did before (ingress tells the client before any chunk)."
+    )
 
 
 class Chunk(WireModel):
@@ -62,6 +66,7 @@ class Final(WireModel):
     queue_seconds: float = Field(default=0.0, description="Time waiting for a worker slot.")
     engine_seconds: float = Field(default=0.0, description="Time inside the engine (incl. its queue).")
     timings: PathTimings | None = Field(default=None, description="Marks along the path, for diagnostics.")
+    cache: CacheNote | None = Field(default=None, description="What the cache stage did for this request.")
 
 
 class ErrorReply(WireModel):

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Dialect, Float, Index, Insert, String, event, func, select
+from sqlalchemy import BigInteger, DateTime, Dialect, Float, Index, Insert, String, case, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -25,6 +25,8 @@ from services.accounting.pricing import Charge, nanos_to_usd
 
 log = logging.getLogger(__name__)
 
+#: Cache outcomes that served an answer (``contracts.v1.CacheOutcome``).
+CACHE_HITS = ("exact", "semantic")
 #: Largest value a BIGINT column holds, on every database we run on.
 _BIGINT_MAX = 2**63 - 1
 
@@ -82,6 +84,13 @@ class UsageRecord(Base):
     cost_nanousd: Mapped[int] = mapped_column(BigInteger)
     reference_nanousd: Mapped[int] = mapped_column(BigInteger)
     priced: Mapped[bool] = mapped_column()
+    # Revision 0002: the cache lever.
+    cache_similarity: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cache_source_tier: Mapped[str | None] = mapped_column(String, nullable=True)
+    cache_saved_nanousd: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cache_shadow: Mapped[str] = mapped_column(String, server_default="none")
+    cache_shadow_similarity: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cache_shadow_match: Mapped[bool | None] = mapped_column(nullable=True)
 
 
 class UnstorableUsage(ValueError):
@@ -129,13 +138,16 @@ def _row(usage: UsageEvent, charge: Charge, recorded_at: datetime) -> dict[str, 
         "completion_tokens": usage.completion_tokens,
         "cost_nanousd": charge.cost_nanousd,
         "reference_nanousd": charge.reference_nanousd,
+        "cache_saved_nanousd": charge.cache_saved_nanousd,
     }
     for name, value in counts.items():
         if not 0 <= value <= _BIGINT_MAX:
             raise UnstorableUsage(f"{name}={value} of request {usage.request_id} does not fit the ledger")
     return {
         **usage.model_dump(include={"request_id", "tenant", "api_key_id", "model", "tier", "status",
-                                    "queue_seconds", "engine_seconds", "worker", "cache_outcome"}),
+                                    "queue_seconds", "engine_seconds", "worker", "cache_outcome",
+                                    "cache_similarity", "cache_source_tier", "cache_shadow",
+                                    "cache_shadow_similarity", "cache_shadow_match"}),
         **counts,
         "priority": usage.priority.value,
         "occurred_at": utc_from_unix(usage.occurred_at),
@@ -192,7 +204,9 @@ class Ledger:
         stmt = (
             select(r.tenant, r.tier, func.count(), func.sum(r.prompt_tokens),
                    func.sum(r.cached_prompt_tokens), func.sum(r.completion_tokens),
-                   func.sum(r.cost_nanousd), func.sum(r.reference_nanousd))
+                   func.sum(r.cost_nanousd), func.sum(r.reference_nanousd),
+                   func.sum(case((r.cache_outcome.in_(CACHE_HITS), 1), else_=0)),
+                   func.sum(r.cache_saved_nanousd))
             .group_by(r.tenant, r.tier)
             .order_by(r.tenant, r.tier)
         )
@@ -206,8 +220,9 @@ class Ledger:
                 # PostgreSQL sums BIGINT into NUMERIC: bring every sum back to int.
                 UsageRow(tenant=tenant, tier=tier, requests=int(n), prompt_tokens=int(prompt),
                          cached_prompt_tokens=int(cached), completion_tokens=int(completion),
-                         cost_usd=nanos_to_usd(int(cost)), reference_cost_usd=nanos_to_usd(int(ref)))
-                for tenant, tier, n, prompt, cached, completion, cost, ref in result
+                         cost_usd=nanos_to_usd(int(cost)), reference_cost_usd=nanos_to_usd(int(ref)),
+                         cache_hits=int(hits), cache_saved_usd=nanos_to_usd(int(saved)))
+                for tenant, tier, n, prompt, cached, completion, cost, ref, hits, saved in result
             ]
         return UsageReport(rows=rows)
 

@@ -30,6 +30,8 @@ class Charge:
     reference_nanousd: int
     #: False when the tier had no price: both amounts are then 0 and the row is flagged.
     priced: bool = True
+    #: A cache hit: what the answer it served had cost, its tokens priced at the tier that made it.
+    cache_saved_nanousd: int = 0
 
 
 #: The charge of a request whose tier is missing from the price book.
@@ -90,6 +92,8 @@ class PriceBook(BaseModel):
         if tier is None:
             raise UnknownTier(event.tier, sorted(self.tiers))
         reference = self.tiers[self.reference_tier]
+        if event.cache_outcome in ("exact", "semantic"):
+            return self._cache_hit(event, reference)
         # Cached tokens are a subset of the prompt; clamp a producer's over-count so a cost never
         # goes negative.
         cached = min(event.cached_prompt_tokens, event.prompt_tokens)
@@ -102,6 +106,23 @@ class PriceBook(BaseModel):
             counterfactual = (event.prompt_tokens * reference.input_per_mtok
                               + event.completion_tokens * reference.output_per_mtok)
             return Charge(cost_nanousd=_to_nanos(actual), reference_nanousd=_to_nanos(counterfactual))
+
+
+    def _cache_hit(self, event: UsageEvent, reference: TierPrice) -> Charge:
+        """A cached answer: the tokens this request used (none, unless a producer says otherwise)
+        at its tier; what it saved is the served answer's own tokens at the tier that made them
+        (0 when that tier has no price: nothing is claimed that cannot be priced); the
+        counterfactual is those tokens on the reference tier, as for any request sent uncached."""
+        tier = self.tiers[event.tier]
+        prompt, completion = event.cache_source_prompt_tokens, event.cache_source_completion_tokens
+        source = self.tiers.get(event.cache_source_tier or "")
+        with localcontext(prec=_PRECISION):
+            actual = event.prompt_tokens * tier.input_per_mtok + event.completion_tokens * tier.output_per_mtok
+            saved = (prompt * source.input_per_mtok + completion * source.output_per_mtok) if source else Decimal(0)
+            counterfactual = (max(prompt, event.prompt_tokens) * reference.input_per_mtok
+                              + max(completion, event.completion_tokens) * reference.output_per_mtok)
+            return Charge(cost_nanousd=_to_nanos(actual), reference_nanousd=_to_nanos(counterfactual),
+                          cache_saved_nanousd=_to_nanos(saved))
 
 
 def _to_nanos(per_mtok_total: Decimal) -> int:

@@ -134,6 +134,9 @@ class AccountingService:
         labels = (usage.tenant, usage.tier, usage.priority.value)
         metrics.COST.labels(*labels, "actual").inc(charge.cost_nanousd / 1e9)
         metrics.COST.labels(*labels, "reference").inc(charge.reference_nanousd / 1e9)
+        if charge.cache_saved_nanousd:
+            metrics.CACHE_SAVED.labels(usage.tenant, usage.cache_source_tier or usage.tier).inc(
+                charge.cache_saved_nanousd / 1e9)
 
     async def on_query(self, query: UsageQuery) -> UsageReport:
         assert self.ledger is not None, "on_query runs only after start()"

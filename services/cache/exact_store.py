@@ -42,12 +42,13 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BadRequestError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from contracts.subjects import CACHE_EXACT_BUCKET
 from services.cache.entry import ExactEntry, MalformedEntry, decode, encode
 
 log = logging.getLogger(__name__)
 
-#: The exact cache's KV bucket. Moves to ``contracts/subjects.py`` when the stage is wired.
-EXACT_BUCKET = "SF_CACHE_EXACT"
+#: The exact cache's KV bucket.
+EXACT_BUCKET = CACHE_EXACT_BUCKET
 #: Error code nats-server answers a stream create with when the stream exists, configured otherwise.
 _STREAM_NAME_IN_USE = 10058
 
@@ -155,10 +156,12 @@ class ExactStore:
         await self._js.purge_stream(self._stream, subject=f"{self._prefix}e.{t}.>")
         await self._js.purge_stream(self._stream, subject=f"{self._prefix}i.*.{t}.>")
 
-    async def invalidate_tag(self, tag: str) -> int:
-        """Remove every entry (of any tenant) stored with ``tag``; returns how many markers were
-        followed. Entries without the tag stay."""
+    async def invalidate_tag(self, tag: str, tenant: str | None = None) -> int:
+        """Remove every entry of ``tenant`` (of any tenant when None) stored with ``tag``; returns
+        how many markers were followed. Entries without the tag stay."""
         index = f"{self._prefix}i.{token(tag, 'tag')}."
+        if tenant is not None:
+            index += f"{token(tenant, 'tenant')}."
         followed = 0
         # The server lists at most 100,000 subjects per call: repeat until none are left.
         while True:
@@ -167,7 +170,8 @@ class ExactStore:
             if not markers:
                 return followed
             for marker in markers:
-                await self._js.purge_stream(self._stream, subject=f"{self._prefix}e.{marker.removeprefix(index)}")
+                entry = marker.removeprefix(f"{self._prefix}i.{token(tag, 'tag')}.")
+                await self._js.purge_stream(self._stream, subject=f"{self._prefix}e.{entry}")
                 await self._js.purge_stream(self._stream, subject=marker)
             followed += len(markers)
 

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from contracts.subjects import CANCEL_SUBJECT, HEARTBEAT_SUBJECT, reply_wildcard
 from contracts.v1 import (
     Accepted,
+    CacheNote,
     CancelRequest,
     Chunk,
     ErrorReply,
@@ -59,7 +60,7 @@ class Inflight:
     """One request waiting for its replies."""
 
     env: TaskEnvelope
-    queue: asyncio.Queue[Chunk | Final | ErrorReply] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[Chunk | Final | ErrorReply | CacheNote] = field(default_factory=asyncio.Queue)
     holder: str | None = None
     holder_since: float = 0.0
     handed_off_at: float | None = None
@@ -96,16 +97,17 @@ def phases_ms(timings: PathTimings | None, request_at: float, response_at: float
 class Dispatcher:
     """Submits envelopes and yields their replies, failing fast when the holder dies.
 
-    Contract of ``replies``: it yields ``Chunk`` messages (streaming only) and ends with exactly
+    Contract of ``replies``: it yields a ``CacheNote`` when the request passed the cache stage
+    (at most one, before any text), ``Chunk`` messages (streaming only), and ends with exactly
     one ``Final``; every failure, including timeouts and dead workers, is raised as a
     ``SkinflintError`` carrying the HTTP status to answer with.
     """
 
     def __init__(self, broker: NatsBroker, instance_id: str, *, hop_timeout_s: float,
-                 liveness_s: float) -> None:
+                 liveness_s: float, optional_hop_timeout_s: float = 0.5) -> None:
         self.broker = broker
         self.instance_id = instance_id
-        self.hop = StageHop(broker, ack_timeout_s=hop_timeout_s)
+        self.hop = StageHop(broker, ack_timeout_s=hop_timeout_s, optional_ack_timeout_s=optional_hop_timeout_s)
         self.workers = WorkerRegistry(liveness_s)
         self._inflight: dict[str, Inflight] = {}
 
@@ -130,6 +132,8 @@ class Dispatcher:
             return  # the client gave up already
         if isinstance(reply, Accepted):
             entry.holder, entry.holder_since = reply.instance, time.monotonic()
+            if reply.cache is not None:
+                entry.queue.put_nowait(reply.cache)
             return
         if isinstance(reply, Final):
             timings = reply.timings or PathTimings()
@@ -141,14 +145,17 @@ class Dispatcher:
     def inflight(self) -> int:
         return len(self._inflight)
 
-    async def replies(self, env: TaskEnvelope, timeout_s: float) -> AsyncGenerator[Chunk | Final, None]:
+    async def replies(self, env: TaskEnvelope,
+                      timeout_s: float) -> AsyncGenerator[CacheNote | Chunk | Final, None]:
         entry = Inflight(env)
         self._inflight[env.request_id] = entry
         deadline = time.monotonic() + timeout_s
         finished = False
         try:
             entry.handed_off_at = time.time()
-            ack = await self.hop.send(env)
+            ack, delivered = await self.hop.deliver(env)
+            if delivered.cache is not None and delivered.cache is not env.cache:
+                yield delivered.cache  # an optional cache stage was skipped on the way
             if ack.holds:
                 # The first stage itself holds the task for long (inference): watch its heartbeats.
                 # A holder further down the slip names itself with an Accepted reply instead.
@@ -171,7 +178,8 @@ class Dispatcher:
                 with contextlib.suppress(Exception):
                     await self.broker.publish(CancelRequest(request_id=env.request_id), CANCEL_SUBJECT)
 
-    async def _next(self, entry: Inflight, deadline: float, timeout_s: float) -> Chunk | Final | ErrorReply:
+    async def _next(self, entry: Inflight, deadline: float,
+                    timeout_s: float) -> Chunk | Final | ErrorReply | CacheNote:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

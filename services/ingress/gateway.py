@@ -16,7 +16,7 @@ from opentelemetry import trace
 from pydantic import ValidationError
 
 from contracts.subjects import Priority, reply_subject
-from contracts.v1 import ChatRequest, Chunk, Final, Route, TaskEnvelope
+from contracts.v1 import CacheControl, CacheNote, ChatRequest, Chunk, Final, Route, TaskEnvelope
 from services.ingress.dispatch import Dispatcher
 from services.ingress.fields import refuse_unhonoured
 from services.ingress.observe import Observation
@@ -89,7 +89,7 @@ class Gateway:
         return Route(model=req.model, tier=model.tier)
 
     def envelope(self, caller: Caller, req: ChatRequest, route: Route, request_id: str,
-                 received_at: float) -> TaskEnvelope:
+                 received_at: float, cache_control: CacheControl | None = None) -> TaskEnvelope:
         return TaskEnvelope(
             request_id=request_id,
             tenant=caller.tenant,
@@ -101,16 +101,20 @@ class Gateway:
             itinerary=list(self.settings.pipeline),
             deadline_at=received_at + self.settings.request_timeout_s,
             received_at=received_at,
+            optional=list(self.settings.optional_stages),
+            cache_control=cache_control or CacheControl(mode=caller.cache.mode, ttl_s=caller.cache.ttl_s,
+                                                        store_sampled=caller.cache.store_sampled),
         )
 
     async def answer(self, caller: Caller, req: ChatRequest, request_id: str,
-                     received_at: float | None = None,
-                     observation: Observation | None = None) -> AsyncGenerator[Chunk | Final, None]:
+                     received_at: float | None = None, observation: Observation | None = None,
+                     cache_control: CacheControl | None = None) -> AsyncGenerator[Chunk | Final, None]:
         """Admit the request against the caller's limits and yield its replies.
 
         Raises before yielding anything for errors known up front (404, 429, 503), so a
         streaming front end can still answer with a proper status code. ``observation`` learns
-        the tenant, the tier and the first token; the front end finishes it.
+        the tenant, the tier, what the cache did (before any text) and the first token; the front
+        end finishes it. ``cache_control``: from the request's headers (default: the tenant's).
         """
         span = trace.get_current_span()
         span.set_attribute("sf.request_id", request_id)
@@ -123,11 +127,16 @@ class Gateway:
             observation.tier = route.tier
         self.gate.admit(caller)
         try:
-            env = self.envelope(caller, req, route, request_id, received_at or time.time())
+            env = self.envelope(caller, req, route, request_id, received_at or time.time(), cache_control)
             # aclosing: when our consumer stops early, the dispatcher's clean-up runs now, not at GC.
             streamed: list[str] = []
             async with contextlib.aclosing(self.dispatcher.replies(env, self.settings.request_timeout_s)) as replies:
                 async for reply in replies:
+                    if isinstance(reply, CacheNote):
+                        _noted(reply, span, observation)
+                        continue
+                    if isinstance(reply, Final) and reply.cache is not None:
+                        _noted(reply.cache, span, observation)
                     if isinstance(reply, Chunk):
                         streamed.append(reply.delta)
                     elif req.stream and (rest := unstreamed(reply.text, streamed)):
@@ -142,3 +151,16 @@ class Gateway:
                     yield reply
         finally:
             self.gate.release(caller)
+
+
+def _noted(note: CacheNote, span: trace.Span, observation: Observation | None) -> None:
+    """What the cache did, on the trace and for the response's headers."""
+    span.set_attribute("sf.cache.outcome", note.outcome.value)
+    if note.similarity is not None:
+        span.set_attribute("sf.cache.similarity", note.similarity)
+    if note.shadow != "none":
+        span.set_attribute("sf.cache.shadow", note.shadow)
+    if note.reason:
+        span.set_attribute("sf.cache.reason", note.reason)
+    if observation is not None:
+        observation.cache = note

@@ -15,8 +15,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from contracts.subjects import USAGE_QUERY_SUBJECT
-from contracts.v1 import ChatRequest, Chunk, Final, UsageQuery, UsageReport
+from contracts.subjects import CACHE_PURGE_SUBJECT, USAGE_QUERY_SUBJECT
+from contracts.v1 import CachePurge, CachePurged, ChatRequest, Chunk, Final, UsageQuery, UsageReport
+from services.ingress import cache_control
 from services.ingress import openai_format as fmt
 from services.ingress.dispatch import phases_ms
 from services.ingress.fields import published_schema
@@ -158,8 +159,9 @@ def create_http_app(gateway: Gateway) -> FastAPI:
         # Waiting for the client to send its body is the client's time, not skinflint's.
         client_ms = (time.perf_counter() - reading) * 1000
         req = parse_chat_request(decode_json(raw))
+        control = cache_control.from_headers(request.headers, caller.cache)
         observation.stream = req.stream
-        replies = gateway.answer(caller, req, request_id, observation=observation)
+        replies = gateway.answer(caller, req, request_id, observation=observation, cache_control=control)
         created = fmt.now()
         if req.stream:
             first = await _first(replies)  # errors up to here become proper status codes
@@ -167,7 +169,8 @@ def create_http_app(gateway: Gateway) -> FastAPI:
             return StreamingResponse(
                 _sse(request_id, created, req.model, first, replies, include_usage, observation),
                 media_type="text/event-stream",
-                headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+                headers={"cache-control": "no-cache", "x-accel-buffering": "no",
+                         **cache_control.response_headers(observation.cache)},
             )
         final = await _final_unless_client_leaves(request, replies)
         await replies.aclose()  # releases the tenant's slot now
@@ -183,6 +186,7 @@ def create_http_app(gateway: Gateway) -> FastAPI:
             "x-skinflint-overhead-ms": f"{overhead_ms:.3f}",
             "x-skinflint-phases-ms": ",".join(f"{name}={ms:.3f}" for name, ms in phases.items()),
             "x-skinflint-served-by": final.served_by,
+            **cache_control.response_headers(final.cache),
         })
 
     @app.get("/v1/models", summary="List the models this deployment answers with")
@@ -223,6 +227,22 @@ def create_http_app(gateway: Gateway) -> FastAPI:
             return PlainTextResponse(render_table(report))
         return report.model_dump()
 
+    @app.post("/v1/cache/purge", summary="Remove cached answers: your tenant's (by tag), or any (admin)",
+              responses=ERROR_RESPONSES)
+    async def purge_cache(request: Request) -> dict[str, Any]:
+        caller = gateway.gate.authenticate(request.headers.get("authorization"))
+        raw = await read_body(request, 64 * 1024)
+        command = purge_command(decode_json(raw) if raw.strip() else {}, caller.tenant, caller.admin)
+        try:
+            msg = await gateway.dispatcher.broker.request(command, CACHE_PURGE_SUBJECT, timeout=30.0)
+        except Exception as exc:
+            raise Unavailable("the cache service did not answer; is it running?") from exc
+        result = CachePurged.model_validate_json(msg.body)
+        if not result.ok:
+            raise SkinflintError(f"the cache purge failed: {result.error}", status=502, code="purge_failed")
+        return {"purged": command.model_dump(), "exact_removed": result.exact_removed,
+                "semantic_removed": result.semantic_removed}
+
     @app.get("/healthz", summary="Liveness", include_in_schema=True)
     async def healthz() -> dict[str, Any]:
         return {"status": "ok"}
@@ -237,6 +257,28 @@ def create_http_app(gateway: Gateway) -> FastAPI:
     app.add_api_websocket_route("/v1/ws", websocket_chat(gateway))
     _publish_body_schema(app)
     return app
+
+
+def purge_command(body: Any, tenant: str, admin: bool) -> CachePurge:
+    """The purge a caller asked for: ``{"tag": T}`` (optional) purges the caller's own tenant; an
+    admin key may name another ``tenant``, or purge every tenant with ``"all": true``."""
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object: {\"tag\": ..., \"tenant\": ..., \"all\": ...}")
+    unknown = sorted(set(body) - {"tenant", "tag", "all"})
+    if unknown:
+        raise BadRequest(f"{unknown[0]}: unknown field; use tenant, tag or all", param=unknown[0])
+    for name in ("tenant", "tag"):
+        if body.get(name) is not None and (not isinstance(body[name], str) or not body[name]):
+            raise BadRequest(f"{name}: must be a non-empty string", param=name)
+    if "all" in body and not isinstance(body["all"], bool):
+        raise BadRequest("all: must be true or false", param="all")
+    target, everyone = body.get("tenant"), bool(body.get("all", False))
+    if not admin and (everyone or (target is not None and target != tenant)):
+        raise SkinflintError("only an admin key may purge another tenant's cache", status=403, code="forbidden",
+                             param="all" if everyone else "tenant")
+    if everyone and target is not None:
+        raise BadRequest("all: give either all or tenant, not both", param="all")
+    return CachePurge(tenant=None if everyone else (target or tenant), tag=body.get("tag"))
 
 
 def _publish_body_schema(app: FastAPI) -> None:

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from contracts.subjects import Priority
+from contracts.v1 import CacheNote
 from services.shared import metrics
 
 
@@ -23,6 +24,8 @@ class Observation:
     priority: str = Priority.INTERACTIVE.value
     first_token_s: float | None = None
     finished: bool = False
+    #: What the cache stage did (the response's cache headers say it).
+    cache: CacheNote | None = None
 
     def __post_init__(self) -> None:
         metrics.INFLIGHT.labels(self.priority).inc()

@@ -13,7 +13,7 @@ from services.ingress.settings import IngressSettings
 from services.ingress.tenants import Gate, TenantsFile
 from services.shared.asgi_server import AsgiServer
 from services.shared.broker import ensure_streams, make_broker
-from services.shared.deployment import check_pipeline, check_priced, load_pricebook
+from services.shared.deployment import check_optional, check_pipeline, check_priced, load_pricebook
 from services.shared.settings import env_name, load_config_file
 from services.shared.telemetry import setup_tracing
 
@@ -29,12 +29,14 @@ class IngressService:
         gate = Gate(load_config_file(settings.tenants_file, TenantsFile))
         # The whole configuration is checked before anything connects (exit 78 on a mistake).
         check_pipeline(settings.pipeline, stages)
+        check_optional(settings.optional_stages, settings.pipeline)
         check_priced({f"{env_name('models')}.{name}": route.tier for name, route in settings.models.items()},
                      load_pricebook(settings.pricebook_file), settings.pricebook_file)
         provider = setup_tracing(self.name, settings)
         self.broker = make_broker(self.name, settings, provider)
         self.dispatcher = Dispatcher(self.broker, settings.instance_id, hop_timeout_s=settings.hop_timeout_s,
-                                     liveness_s=settings.worker_liveness_s)
+                                     liveness_s=settings.worker_liveness_s,
+                                     optional_hop_timeout_s=settings.optional_hop_timeout_s)
         self.gateway = Gateway(settings, gate, self.dispatcher)
         self.app = create_http_app(self.gateway)
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor

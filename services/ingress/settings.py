@@ -23,9 +23,16 @@ class IngressSettings(ServiceSettings):
         description="Public model names and the tier that serves each.",
     )
     pipeline: list[str] = Field(
-        default_factory=lambda: ["infer"],
+        default_factory=lambda: ["cache", "infer"],
         description="Stages every request visits, in order; switch a stage off by leaving it out.",
     )
+    optional_stages: list[str] = Field(
+        default_factory=lambda: ["cache"],
+        description="Stages a request goes on without when no replica takes it at once or it fails there "
+                    "(a lever that is down costs savings, never answers). Inference never is.",
+    )
+    optional_hop_timeout_s: float = Field(
+        default=0.5, gt=0, description="Longest an optional stage may take to accept before it is skipped.")
     request_timeout_s: float = Field(default=120.0, gt=0, description="Longest a client waits (504).")
     hop_timeout_s: float = Field(default=5.0, gt=0, description="Longest a stage may take to accept.")
     worker_liveness_s: float = Field(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from contracts.v1 import CacheMode
 from services.shared.errors import RateLimited, Unauthorized
 
 
@@ -31,6 +32,22 @@ class ApiKey(BaseModel):
         return self.sha256 or hashlib.sha256((self.key or "").encode()).hexdigest()
 
 
+class TenantCache(BaseModel):
+    """A tenant's cache policy (``cache:`` in the tenants file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: CacheMode = Field(
+        default=CacheMode.ON,
+        description="on: serve hits; shadow: look up and record what would have been served, serve nothing; "
+                    "off: neither look up nor store.",
+    )
+    store_sampled: bool = Field(
+        default=False, description="Also cache answers sampled at temperature above 0 (each asker then gets "
+                                   "the first sample).")
+    ttl_s: float | None = Field(default=None, gt=0, description="How long answers are kept (default: the stage's).")
+
+
 class TenantConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -39,7 +56,8 @@ class TenantConfig(BaseModel):
     requests_per_minute: int = Field(default=600, ge=1, description="Sustained request rate (429 above).")
     burst: int | None = Field(default=None, ge=1, description="Requests allowed at once (default: rpm/6).")
     max_concurrent: int = Field(default=64, ge=1, description="Requests in flight at once (429 above).")
-    admin: bool = Field(default=False, description="May read every tenant's usage.")
+    admin: bool = Field(default=False, description="May read every tenant's usage and purge every tenant's cache.")
+    cache: TenantCache = Field(default_factory=TenantCache, description="The cache's policy for this tenant.")
 
 
 class TenantsFile(BaseModel):
@@ -85,6 +103,7 @@ class Caller:
     tenant: str
     key_id: str
     admin: bool
+    cache: TenantCache = field(default_factory=TenantCache)
 
 
 class Gate:
@@ -118,7 +137,7 @@ class Gate:
         if found is None:
             raise Unauthorized("invalid API key")
         tenant, key = found
-        return Caller(tenant=tenant.name, key_id=key.id, admin=tenant.admin)
+        return Caller(tenant=tenant.name, key_id=key.id, admin=tenant.admin, cache=tenant.cache)
 
     def admit(self, caller: Caller) -> None:
         """Count one request against the caller's limits; pair with ``release``."""

@@ -2,9 +2,10 @@
 
 Protocol (JSON text frames; documented in the README):
   client -> {"id": "c1", "request": {<chat completion body>}}      start a request
+             (optionally "cache": {"lookup", "store", "max_age_s", "ttl_s", "tags"}: as the HTTP headers)
   client -> {"type": "cancel", "id": "c1"}                          stop one
   server -> {"type": "chunk", "id": "c1", "delta": "..."}           text as it is generated
-  server -> {"type": "done", "id": "c1", "response": {<chat.completion>}}
+  server -> {"type": "done", "id": "c1", "response": {<chat.completion>}, "cache": {"outcome", ...}}
   server -> {"type": "error", "id": "c1", "error": {"message", "type", "param", "code", "status"}}
 Authentication: the ``Authorization: Bearer`` header, or ``?api_key=`` for browser clients.
 """
@@ -20,7 +21,8 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from contracts.v1 import ChatRequest, Chunk
+from contracts.v1 import CacheControl, ChatRequest, Chunk
+from services.ingress import cache_control
 from services.ingress import openai_format as fmt
 from services.ingress.gateway import Gateway, new_request_id, parse_chat_request
 from services.ingress.observe import Observation
@@ -106,23 +108,31 @@ async def _handle_frame(gateway: Gateway, caller: Caller, raw: str, tasks: dict[
             exc.param = f"request.{exc.param}"
         await send(_error(cid, exc))
         return
-    task = asyncio.create_task(_run(gateway, caller, cid, req, send))
+    try:
+        control = cache_control.from_frame(frame.get("cache"), caller.cache)
+    except SkinflintError as exc:
+        await send(_error(cid, exc))
+        return
+    task = asyncio.create_task(_run(gateway, caller, cid, req, control, send))
     tasks[cid] = task
     task.add_done_callback(lambda _: tasks.pop(cid, None))
 
 
-async def _run(gateway: Gateway, caller: Caller, cid: Any, req: ChatRequest,
+async def _run(gateway: Gateway, caller: Caller, cid: Any, req: ChatRequest, control: CacheControl,
                send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
     request_id = new_request_id()
     req = req.model_copy(update={"stream": True})
     observation = Observation(stream=True)
     try:
-        async for reply in gateway.answer(caller, req, request_id, observation=observation):
+        async for reply in gateway.answer(caller, req, request_id, observation=observation, cache_control=control):
             if isinstance(reply, Chunk):
                 await send({"type": "chunk", "id": cid, "delta": reply.delta})
             else:
-                await send({"type": "done", "id": cid, "request_id": request_id,
-                            "response": fmt.completion(request_id, fmt.now(), reply)})
+                done: dict[str, Any] = {"type": "done", "id": cid, "request_id": request_id,
+                                        "response": fmt.completion(request_id, fmt.now(), reply)}
+                if reply.cache is not None:
+                    done["cache"] = reply.cache.model_dump(include={"outcome", "similarity", "shadow"})
+                await send(done)
         observation.finish(200)
     except SkinflintError as exc:
         observation.finish(exc.status)

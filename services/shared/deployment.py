@@ -30,6 +30,17 @@ def check_pipeline(pipeline: Sequence[str], known: Collection[str] = KNOWN_STAGE
                           f"earlier stage did), not {pipeline[-1]!r}")
 
 
+def check_optional(optional: Sequence[str], pipeline: Sequence[str],
+                   source: str = env_name("optional_stages")) -> None:
+    """Stages marked optional are on the pipeline, and inference is not one of them."""
+    for i, stage in enumerate(optional):
+        if stage == INFER_STAGE:
+            raise ConfigError(f"{source}.{i}: {INFER_STAGE!r} cannot be optional: it answers what no other "
+                              "stage did")
+        if stage not in pipeline:
+            raise ConfigError(f"{source}.{i}: {stage!r} is not on the pipeline ({', '.join(pipeline)})")
+
+
 def load_pricebook(path: str) -> PriceBook:
     """The price book, validated (its reference tier must be one of its tiers)."""
     return load_config_file(path, PriceBook)

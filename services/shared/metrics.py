@@ -2,7 +2,8 @@
 
 Naming: ``skinflint_<what>_<unit>`` (``_total`` for counters), units spelled out (seconds,
 tokens, usd). Labels are low-cardinality only: ``tenant``, ``tier``, ``priority``, ``status``
-(an HTTP status code), ``outcome``, ``stage``, ``kind``. Never a request id, a prompt or a key.
+(an HTTP status code), ``outcome``, ``stage``, ``kind``, and the cache's ``mode`` (on, shadow)
+and ``match`` (true, false, n/a). Never a request id, a prompt or a key.
 A lever adds its counters here, next to these, and reports through the same labels.
 
 Each service process registers what it uses in prometheus-client's default registry, which
@@ -78,6 +79,54 @@ STAGE_OUTCOMES = Counter(
     ["stage", "priority", "outcome"],
 )
 
+STAGE_SKIPS = Counter(
+    "skinflint_stage_skips_total",
+    "Requests that went on without an optional stage, by why: unavailable (no replica took the "
+    "task), timeout, refused, failed (the stage raised).",
+    ["stage", "outcome"],
+)
+
+# --- the cache stage ----------------------------------------------------------------------------
+#: Cache lookups: sub-millisecond (exact) to tens of milliseconds (a large semantic partition).
+LOOKUP_BUCKETS_S = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25)
+CACHE_LOOKUPS = Counter(
+    "skinflint_cache_lookups_total",
+    "Requests the cache stage handled, by mode (on, shadow) and outcome (exact, semantic, miss, "
+    "bypass: the request or tenant asked not to look up).",
+    ["mode", "outcome"],
+)
+CACHE_HITS = Counter(
+    "skinflint_cache_hits_total", "Answers served from the cache, by kind (exact, semantic).", ["kind"])
+CACHE_LOOKUP_DURATION = Histogram(
+    "skinflint_cache_lookup_seconds",
+    "Time of one lookup, by kind of step: exact (key-value read), embed (the query embedding), "
+    "semantic (index search and verifier), total (the whole stage).",
+    ["kind"], buckets=LOOKUP_BUCKETS_S,
+)
+CACHE_STORES = Counter(
+    "skinflint_cache_stores_total",
+    "Announced answers the cache learned (outcome=ok) or declined, by why (services/cache/fill.py: "
+    "skipped, error, partial, cancelled, truncated, sampled; failed: the write failed).",
+    ["outcome"],
+)
+CACHE_EVICTIONS = Counter(
+    "skinflint_cache_evictions_total",
+    "Cache entries removed, by kind: tenant, tag, all (purges; the larger of the exact and semantic "
+    "counts), expired (semantic index points past their TTL, swept).",
+    ["kind"],
+)
+CACHE_SHADOW = Counter(
+    "skinflint_cache_shadow_total",
+    "Shadow lookups: what the cache would have served (kind: exact, semantic, miss) and, for a "
+    "would-be hit, whether the model's answer then matched it (match: true, false; n/a for a miss).",
+    ["kind", "match"],
+)
+CACHE_SAVED = Counter(
+    "skinflint_cache_saved_usd_total",
+    "What the cached answers served had cost when a model made them, priced at their tier.",
+    ["tenant", "tier"],
+)
+
 # --- accounting: money ------------------------------------------------------------------------
 COST = Counter(
     "skinflint_cost_usd_total",
@@ -103,3 +152,6 @@ def observe_usage(event: UsageEvent, stage: str) -> None:
     TOKENS.labels(tier, priority, "cached_prompt").inc(event.cached_prompt_tokens)
     TOKENS.labels(tier, priority, "completion").inc(event.completion_tokens)
     STAGE_OUTCOMES.labels(stage, priority, event.status).inc()
+    if event.cache_shadow != "none":
+        match = "n/a" if event.cache_shadow_match is None else str(event.cache_shadow_match).lower()
+        CACHE_SHADOW.labels(event.cache_shadow, match).inc()

@@ -16,8 +16,9 @@ from faststream.nats import NatsBroker
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from contracts.subjects import INFER_STAGE, infer_subject, stage_subject
-from contracts.v1 import HopAck, StageMark, TaskEnvelope
+from contracts.subjects import CACHE_STAGE, INFER_STAGE, infer_subject, stage_subject
+from contracts.v1 import CacheNote, CacheOutcome, HopAck, StageMark, TaskEnvelope
+from services.shared import metrics
 from services.shared.errors import SkinflintError, Timeout, Unavailable
 from services.shared.lane import request_hop
 
@@ -55,6 +56,25 @@ def skip(env: TaskEnvelope, stage: str) -> TaskEnvelope:
     return env.model_copy(update={"itinerary": [*head, *(s for s in rest if s != stage)]})
 
 
+def is_optional(env: TaskEnvelope, stage: str | None) -> bool:
+    """Whether ``stage`` may be skipped on this task (inference never may: it answers)."""
+    return stage is not None and stage != INFER_STAGE and stage in env.optional
+
+
+def skip_current(env: TaskEnvelope, why: str, detail: str) -> TaskEnvelope:
+    """The envelope going on without its current (optional) stage, the skip recorded where the
+    stages after it, the usage event and the metrics see it. ``why`` is a metric label
+    (unavailable, timeout, refused, failed); ``detail`` says what happened."""
+    stage = current_stage(env) or "?"
+    metrics.STAGE_SKIPS.labels(stage, why).inc()
+    nxt = advance(env)
+    if stage == CACHE_STAGE:
+        nxt.cache = CacheNote(outcome=CacheOutcome.SKIPPED, reason=f"{why}: {detail}")
+    else:
+        nxt.enrichments[f"skipped.{stage}"] = f"{why}: {detail}"
+    return nxt
+
+
 def mark_arrival(env: TaskEnvelope, stage: str, instance: str) -> None:
     env.marks.append(StageMark(stage=stage, instance=instance, arrived_at=time.time()))
 
@@ -67,13 +87,38 @@ class StageHop:
     """
 
     def __init__(self, broker: NatsBroker, *, ack_timeout_s: float = 5.0, busy_retries: int = 8,
-                 busy_backoff_s: float = 0.05) -> None:
+                 busy_backoff_s: float = 0.05, optional_ack_timeout_s: float = 0.5) -> None:
         self._broker = broker
         self._ack_timeout_s = ack_timeout_s
         self._busy_retries = busy_retries
         self._busy_backoff_s = busy_backoff_s
+        self._optional_ack_timeout_s = min(optional_ack_timeout_s, ack_timeout_s)
 
-    async def send(self, env: TaskEnvelope) -> HopAck:
+    async def deliver(self, env: TaskEnvelope) -> tuple[HopAck, TaskEnvelope]:
+        """Deliver ``env`` along its itinerary; returns the acknowledgement and the envelope as
+        delivered.
+
+        An optional stage (``env.optional``) that no replica takes at once (none running, none
+        acknowledging within ``optional_ack_timeout_s``, all full, or a refusal) is skipped, the
+        skip recorded (:func:`skip_current`), and the next stage tried: a lever that is down
+        costs savings, never answers. Other stages fail as :meth:`send` says.
+        """
+        while is_optional(env, current_stage(env)):
+            err: SkinflintError
+            try:
+                return await self.send(env, ack_timeout_s=self._optional_ack_timeout_s, busy_retries=0), env
+            except Unavailable as exc:
+                why, err = "unavailable", exc
+            except Timeout as exc:
+                why, err = "timeout", exc
+            except SkinflintError as exc:
+                why, err = "refused", exc
+            log.warning("task %s goes on without stage %r: %s", env.request_id, current_stage(env), err.message)
+            env = skip_current(env, why, err.message)
+        return await self.send(env), env
+
+    async def send(self, env: TaskEnvelope, *, ack_timeout_s: float | None = None,
+                   busy_retries: int | None = None) -> HopAck:
         """Deliver ``env`` to the stage at the head of its itinerary.
 
         Raises ``Unavailable`` when no replica of that stage runs or all stay full, ``Timeout``
@@ -81,20 +126,22 @@ class StageHop:
         """
         stage = current_stage(env) or "?"
         subject = subject_for(env)
-        for attempt in range(self._busy_retries + 1):
+        timeout_s = self._ack_timeout_s if ack_timeout_s is None else ack_timeout_s
+        retries = self._busy_retries if busy_retries is None else busy_retries
+        for attempt in range(retries + 1):
             try:
-                ack = await request_hop(self._broker.connection, subject, env, self._ack_timeout_s)
+                ack = await request_hop(self._broker.connection, subject, env, timeout_s)
             except NoRespondersError as exc:
                 raise Unavailable(
                     f"no {stage!r} service is running for subject {subject}; start one and retry"
                 ) from exc
             except (NatsTimeoutError, TimeoutError) as exc:
-                raise Timeout(f"the {stage!r} stage did not take the task within "
-                              f"{self._ack_timeout_s:.1f} s") from exc
+                raise Timeout(f"the {stage!r} stage did not take the task within {timeout_s:.1f} s") from exc
             if ack.accepted:
                 return ack
             if not ack.retry:
                 raise SkinflintError(ack.reason or f"the {stage!r} stage refused the task", status=400,
                                      code="rejected")
-            await asyncio.sleep(self._busy_backoff_s * (attempt + 1))
+            if attempt < retries:
+                await asyncio.sleep(self._busy_backoff_s * (attempt + 1))
         raise Unavailable(f"every {stage!r} replica is at capacity; retry shortly", code="overloaded")

@@ -19,8 +19,8 @@ from contracts.subjects import stage_queue_group, stage_subject
 from contracts.v1 import ErrorReply, Final, HopAck, TaskEnvelope, UsageEvent
 from services.shared import lane, metrics
 from services.shared.errors import SkinflintError
-from services.shared.slip import StageHop, advance, current_stage, mark_arrival
-from services.shared.usage import UsagePublisher
+from services.shared.slip import StageHop, advance, current_stage, is_optional, mark_arrival, skip_current
+from services.shared.usage import UsagePublisher, cache_usage
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,8 @@ class Forward:
     """Continue along the slip with this envelope (enriched, maybe with stages added/skipped)."""
 
     env: TaskEnvelope
+    #: ``env`` already has this stage taken off its itinerary.
+    advanced: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,15 +82,24 @@ class StageRunner:
         return HopAck(accepted=True, stage=self.name, instance=self.instance_id)
 
     async def _process(self, env: TaskEnvelope) -> None:
+        """Run the logic, then forward or answer. An optional stage whose logic fails passes the
+        task on untouched (the skip recorded) instead of failing the request."""
         try:
-            outcome = await self._logic(env)
+            try:
+                outcome = await self._logic(env)
+            except Exception as exc:
+                if not is_optional(env, self.name):
+                    raise
+                log.exception("optional stage %s failed on %s; it goes on without it", self.name, env.request_id)
+                outcome = Forward(skip_current(env, "failed", f"{type(exc).__name__}: {exc}"[:200]),
+                                  advanced=True)
             if isinstance(outcome, Finish):
                 await self._end(env, outcome.reply, "answered" if isinstance(outcome.reply, Final) else "error")
                 return
-            nxt = advance(outcome.env)
+            nxt = outcome.env if outcome.advanced else advance(outcome.env)
             if current_stage(nxt) is None:
                 raise SkinflintError(f"stage {self.name!r} forwarded a task with nowhere left to go")
-            await self._hop.send(nxt)
+            await self._hop.deliver(nxt)
             metrics.STAGE_OUTCOMES.labels(self.name, env.priority.value, "forwarded").inc()
         except SkinflintError as exc:
             await self._end(env, exc.to_reply(env.request_id), "error")
@@ -101,12 +112,14 @@ class StageRunner:
     async def _end(self, env: TaskEnvelope, reply: Final | ErrorReply, outcome: str) -> None:
         """This stage ends the task: its one usage event first, then the reply (see ``UsagePublisher``)."""
         metrics.STAGE_OUTCOMES.labels(self.name, env.priority.value, outcome).inc()
-        # No engine ran for this request, so no tokens are charged, and none are claimed as saved
-        # either: a lever that answers (the cache) reports its own outcome and counterfactual.
+        # No engine ran for this request, so no tokens are charged; a lever that answers (the
+        # cache) says so in its reply's note, which carries what the answer it served had cost.
+        note = reply.cache if isinstance(reply, Final) else env.cache
         event = UsageEvent(
             request_id=env.request_id, tenant=env.tenant, api_key_id=env.api_key_id, model=env.route.model,
             tier=env.route.tier, priority=env.priority, status="ok" if isinstance(reply, Final) else "error",
             prompt_tokens=0, completion_tokens=0, worker=self.instance_id, occurred_at=time.time(),
+            **cache_usage(note),
         )
         try:
             await self._usage.publish(event)

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from typing import Any
 
 from faststream.nats import NatsBroker
 from nats.js.client import JetStreamContext
 
 from contracts.subjects import USAGE_STREAM, USAGE_SUBJECT
-from contracts.v1 import UsageEvent
+from contracts.v1 import CacheNote, CacheOutcome, UsageEvent
 from services.shared import lane
 from services.shared.broker import is_connected
+from services.shared.canonical import normalise_text
 from services.shared.outbox import UsageOutbox
 
 
@@ -72,3 +74,31 @@ class UsagePublisher:
         if is_connected(self._broker):
             await self.outbox.flush(timeout_s)
         self.outbox.cancel_waiters()
+
+
+def cache_usage(note: CacheNote | None, answer_text: str | None = None) -> dict[str, Any]:
+    """The usage event's cache fields for a task whose cache note is ``note``.
+
+    ``answer_text`` is the answer the model gave (workers): in shadow mode it is compared with the
+    answer the cache would have served (``shadow_match``), after the same normalisation the
+    cache keys use.
+    """
+    if note is None:
+        return {}
+    fields: dict[str, Any] = {
+        "cache_outcome": note.outcome.value,
+        "cache_similarity": note.similarity,
+        "cache_shadow": note.shadow,
+        "cache_shadow_similarity": note.shadow_similarity,
+    }
+    if note.outcome in (CacheOutcome.EXACT, CacheOutcome.SEMANTIC):
+        fields.update(cache_source_tier=note.source_tier, cache_source_prompt_tokens=note.source_prompt_tokens,
+                      cache_source_completion_tokens=note.source_completion_tokens)
+    if note.shadow_answer_sha256 is not None and answer_text is not None:
+        fields["cache_shadow_match"] = answer_digest(answer_text) == note.shadow_answer_sha256
+    return fields
+
+
+def answer_digest(text: str) -> str:
+    """The SHA-256 a shadow lookup and the worker compare answers by (normalised text)."""
+    return hashlib.sha256(normalise_text(text).encode()).hexdigest()

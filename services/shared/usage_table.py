@@ -6,7 +6,8 @@ from decimal import Decimal
 
 from contracts.v1 import UsageReport
 
-COLUMNS = ("tenant", "tier", "requests", "prompt", "cached", "completion", "cost $", "reference $", "saved")
+COLUMNS = ("tenant", "tier", "requests", "prompt", "cached", "completion", "cost $", "reference $", "saved",
+           "cache hits", "cache saved $")
 
 
 def render_table(report: UsageReport) -> str:
@@ -15,7 +16,8 @@ def render_table(report: UsageReport) -> str:
         cost, ref = Decimal(r.cost_usd), Decimal(r.reference_cost_usd)
         saved = f"{(1 - cost / ref) * 100:.1f}%" if ref > 0 else "-"
         rows.append((r.tenant, r.tier, str(r.requests), str(r.prompt_tokens), str(r.cached_prompt_tokens),
-                     str(r.completion_tokens), f"{cost:.6f}", f"{ref:.6f}", saved))
+                     str(r.completion_tokens), f"{cost:.6f}", f"{ref:.6f}", saved, str(r.cache_hits),
+                     f"{Decimal(r.cache_saved_usd):.6f}"))
     if not rows:
         return "no usage recorded yet\n"
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(COLUMNS)]

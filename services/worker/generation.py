@@ -23,6 +23,7 @@ from contracts.v1 import (
     UsageEvent,
 )
 from services.shared.errors import BadRequest, SkinflintError
+from services.shared.usage import cache_usage
 from services.worker.engine import Engine, EngineStep, GenerationParams
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,10 @@ class ReplySink(Protocol):
     async def usage(self, event: UsageEvent) -> None:
         """Send the task's usage event. Returns once it is on its way ahead of any reply sent
         after it (interactive), or once it is stored (bulk: the task is acknowledged after)."""
+        ...
+
+    async def announce(self, env: TaskEnvelope, final: Final) -> None:
+        """Offer a whole answer to the cache, after the reply (never raises)."""
         ...
 
 
@@ -83,7 +88,7 @@ def plan(env: TaskEnvelope, engine: Engine, who: WorkerIdentity) -> tuple[list[i
 
 
 def _usage(env: TaskEnvelope, who: WorkerIdentity, status: str, last: EngineStep | None,
-           prompt_tokens: int, queue_s: float, engine_s: float) -> UsageEvent:
+           prompt_tokens: int, queue_s: float, engine_s: float, text: str | None = None) -> UsageEvent:
     return UsageEvent(
         request_id=env.request_id,
         tenant=env.tenant,
@@ -97,6 +102,7 @@ def _usage(env: TaskEnvelope, who: WorkerIdentity, status: str, last: EngineStep
         engine_seconds=engine_s,
         worker=who.worker_id,
         occurred_at=time.time(),
+        **cache_usage(env.cache, text),
     )
 
 
@@ -160,17 +166,20 @@ async def answer(env: TaskEnvelope, engine: Engine, sink: ReplySink, who: Worker
             reply = failure_reply(env, "preparing the prompt")
     # Usage first, then the reply, on the same connection: see the contract above.
     await asyncio.shield(_report(sink, env, who, status, last, len(prompt) if in_engine else 0,
-                                 queue_seconds, started))
+                                 queue_seconds, started, reply.text if isinstance(reply, Final) else None))
     if isinstance(reply, Final) and reply.timings is not None:
         reply.timings.sent_at = time.time()
     await sink.reply(env, reply)
+    if isinstance(reply, Final) and env.cache is not None and env.cache.fill:
+        # After the reply: the client never waits for the cache to learn its answer.
+        await sink.announce(env, reply)
     return reply
 
 
 async def _report(sink: ReplySink, env: TaskEnvelope, who: WorkerIdentity, status: str, last: EngineStep | None,
-                  prompt_tokens: int, queue_seconds: float, started: float) -> None:
+                  prompt_tokens: int, queue_seconds: float, started: float, text: str | None = None) -> None:
     """Send the one usage event of ``env``; a failure to send is logged, never raised over the reply."""
-    event = _usage(env, who, status, last, prompt_tokens, queue_seconds, time.monotonic() - started)
+    event = _usage(env, who, status, last, prompt_tokens, queue_seconds, time.monotonic() - started, text)
     try:
         await sink.usage(event)
     except Exception:
@@ -189,6 +198,7 @@ def _final(env: TaskEnvelope, who: WorkerIdentity, text: str, last: EngineStep |
         served_by=who.worker_id,
         queue_seconds=queue_seconds,
         engine_seconds=engine_seconds,
+        cache=env.cache,
     )
 
 

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from contracts.subjects import (
     BULK_RESULTS_STREAM,
     BULK_STREAM,
+    CACHE_FILL_SUBJECT,
     CANCEL_SUBJECT,
     HEARTBEAT_SUBJECT,
     INFER_STAGE,
@@ -34,6 +35,7 @@ from contracts.subjects import (
 )
 from contracts.v1 import (
     Accepted,
+    AnswerAnnounced,
     CancelRequest,
     Chunk,
     ErrorReply,
@@ -86,6 +88,15 @@ class BusSink:
     async def usage(self, event: UsageEvent) -> None:
         metrics.observe_usage(event, INFER_STAGE)
         await self.usage_publisher.publish(event, wait_stored=event.priority is Priority.BULK)
+
+    async def announce(self, env: TaskEnvelope, final: Final) -> None:
+        """Core NATS, fire and forget: a lost announcement costs a future hit, nothing else."""
+        message = AnswerAnnounced(request_id=env.request_id, tenant=env.tenant, request=env.request,
+                                  control=env.cache_control, embedding=env.query_embedding, final=final)
+        try:
+            await self._broker.connection.publish(CACHE_FILL_SUBJECT, message.model_dump_json().encode())
+        except Exception:
+            log.warning("could not announce the answer to %s to the cache", env.request_id, exc_info=True)
 
 
 class WorkerService:
@@ -172,7 +183,7 @@ class WorkerService:
                 try:
                     await lane.publish(self.broker.connection, env.reply_subject,
                                        Accepted(request_id=env.request_id, stage=INFER_STAGE,
-                                                instance=self.identity.worker_id))
+                                                instance=self.identity.worker_id, cache=env.cache))
                 except Exception:
                     log.warning("could not tell ingress that %s is taken; answering anyway", env.request_id)
             with tracer.start_as_current_span(f"infer {self.identity.tier}", attributes={

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import Field, ValidationError
 
-from services.shared.deployment import check_pipeline, check_priced, load_pricebook
+from services.shared.deployment import check_optional, check_pipeline, check_priced, load_pricebook
 from services.shared.settings import ConfigError, ConfigFileError, ServiceSettings, load_settings
 from services.shared.validation import summary
 
@@ -16,11 +16,22 @@ PRICEBOOK = str(Path(__file__).resolve().parents[2] / "infra/config/pricebook.ya
 
 
 def test_the_default_pipeline_passes() -> None:
+    check_pipeline(["cache", "infer"])
     check_pipeline(["infer"])
+    check_optional(["cache"], ["cache", "infer"])
+
+
+@pytest.mark.parametrize(("optional", "message"), [
+    (["infer"], r"SF_OPTIONAL_STAGES\.0: 'infer' cannot be optional"),
+    (["cache"], r"SF_OPTIONAL_STAGES\.0: 'cache' is not on the pipeline \(infer\)"),
+])
+def test_a_bad_optional_stage_names_the_variable_and_the_entry(optional: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        check_optional(optional, ["infer"])
 
 
 @pytest.mark.parametrize(("pipeline", "message"), [
-    (["cache", "infer"], r"SF_PIPELINE\.0: 'cache' is not a stage skinflint has \(known stages: infer\)"),
+    (["classify", "infer"], r"SF_PIPELINE\.0: 'classify' is not a stage skinflint has \(known stages: cache, infer\)"),
     (["infer", "infer"], r"SF_PIPELINE\.1: stage 'infer' is listed twice"),
     ([], r"SF_PIPELINE: the pipeline is empty"),
     (["probe"], r"SF_PIPELINE\.0: 'probe' is not a stage"),
