@@ -130,7 +130,8 @@ class CacheService:
                 metrics.CACHE_EVICTIONS.labels("expired").inc(removed)
 
     async def drain(self) -> None:
-        for sub in self._subscriptions:
+        subscriptions, self._subscriptions = self._subscriptions, []
+        for sub in subscriptions:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         if self.runner is not None:

@@ -23,8 +23,9 @@ class CacheSettings(ServiceSettings):
     semantic: bool = Field(default=True, description="Look up reworded questions too (False: exact only).")
     qdrant_url: str | None = Field(
         default=None, description="A Qdrant server (http://host:6333); unset: Qdrant's local mode in qdrant_path.")
-    qdrant_path: Path = Field(
-        default=Path("var/qdrant"), description="Local mode's folder (one cache replica only: it is locked).")
+    qdrant_path: Path | None = Field(
+        default=Path("var/qdrant"),
+        description="Local mode's folder (one cache replica only: it is locked); null: in memory (lost at exit).")
     qdrant_collection: str = Field(default="sf_cache_questions", description="The semantic index's collection.")
     candidates: int = Field(
         default=4, ge=1, le=64, description="Nearest stored questions the verifier examines per lookup.")

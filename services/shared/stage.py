@@ -128,8 +128,10 @@ class StageRunner:
         await lane.publish(self._broker.connection, env.reply_subject, reply)
 
     async def drain(self) -> None:
+        """Stop taking tasks and finish those taken; a second call does nothing more."""
         if self._subscription is not None:
-            await self._subscription.unsubscribe()
+            subscription, self._subscription = self._subscription, None
+            await subscription.unsubscribe()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._usage.stop()

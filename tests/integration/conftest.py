@@ -11,6 +11,8 @@ import httpx
 import pytest
 
 from contracts.subjects import KNOWN_STAGES
+from services.cache.service import CacheService
+from services.cache.settings import CacheSettings
 from services.ingress.service import IngressService
 from services.ingress.settings import IngressSettings, ModelRoute
 from services.stack import Stack
@@ -31,8 +33,8 @@ TEST_STAGES = (*KNOWN_STAGES, "probe", "probe2", "probe3", "lonely")
 async def running_ingress(
     nats_url: str, stages: tuple[str, ...] = TEST_STAGES, **overrides: Any
 ) -> AsyncIterator[tuple[IngressService, httpx.AsyncClient]]:
-    settings = IngressSettings(nats_url=nats_url, port=0, tenants_file=str(ROOT / "infra/config/tenants.yaml"),
-                               models=MODELS, drain_timeout_s=10, **overrides)
+    settings = IngressSettings(**{"nats_url": nats_url, "port": 0, "models": MODELS, "drain_timeout_s": 10,
+                                  "tenants_file": str(ROOT / "infra/config/tenants.yaml"), **overrides})
     service = IngressService(settings, stages)
     await service.start()
     try:
@@ -58,6 +60,28 @@ async def running_worker(
         await service.close()
 
 
+@asynccontextmanager
+async def running_cache(nats_url: str, qdrant_path: Path | None = None, *, purge: bool = True,
+                        **overrides: Any) -> AsyncIterator[CacheService]:
+    """The cache stage with its real stores: JetStream KV on ``nats_url``, Qdrant local mode in
+    ``qdrant_path`` (in memory when None), the real embedder and verifier artifact. ``purge``
+    empties both stores first (the NATS server is shared by the session's tests)."""
+    settings = CacheSettings(nats_url=nats_url, health_port=0, drain_timeout_s=10, qdrant_path=qdrant_path,
+                             **overrides)
+    service = CacheService(settings)
+    await service.start()
+    try:
+        if purge:
+            assert service.logic is not None
+            await service.logic.exact.purge_all()
+            if service.index is not None:
+                await service.index.invalidate()
+        yield service
+    finally:
+        await service.drain()
+        await service.close()
+
+
 @pytest.fixture
 def stack_factory(tmp_path: Path) -> Iterator[Callable[[], Stack]]:
     """Processes started the way a user starts them (python -m ...), stopped at the end."""
@@ -77,4 +101,4 @@ def chat(content: str = "hello", **fields: Any) -> dict[str, Any]:
     return {"model": "smollm2-135m", "messages": [{"role": "user", "content": content}], **fields}
 
 
-__all__ = ["AUTH", "FakeEngine", "NatsServer", "chat", "running_ingress", "running_worker"]
+__all__ = ["AUTH", "FakeEngine", "NatsServer", "chat", "running_cache", "running_ingress", "running_worker"]
