@@ -142,3 +142,29 @@ def test_batch_discount_defaults_to_no_discount() -> None:
                                            "output_per_mtok": "1"}}}
     book = PriceBook.model_validate(raw)
     assert book.price(usage(tier="a", prompt=10, priority=Priority.BULK)).cost_nanousd == 10_000
+
+
+def cache_hit(kind: str = "exact", source_tier: str | None = "large", prompt: int = 1000,
+              completion: int = 200) -> UsageEvent:
+    return usage().model_copy(update={
+        "cache_outcome": kind, "cache_source_tier": source_tier, "cache_source_prompt_tokens": prompt,
+        "cache_source_completion_tokens": completion})
+
+
+@pytest.mark.parametrize("kind", ["exact", "semantic"])
+def test_a_cache_hit_costs_nothing_and_saves_the_answers_tokens_at_the_tier_that_made_them(kind: str) -> None:
+    charge = BOOK.price(cache_hit(kind))
+    # Saved: 1000 * $2.50/M + 200 * $10/M at the large tier that produced the answer = $0.0045.
+    assert charge == Charge(cost_nanousd=0, reference_nanousd=4_500_000, cache_saved_nanousd=4_500_000)
+    small = BOOK.price(cache_hit(kind, source_tier="small"))
+    assert (small.cost_nanousd, small.cache_saved_nanousd) == (0, 70_000)
+
+
+def test_a_hit_whose_source_tier_has_no_price_claims_no_saving() -> None:
+    charge = BOOK.price(cache_hit(source_tier="retired"))
+    assert (charge.cost_nanousd, charge.cache_saved_nanousd, charge.priced) == (0, 0, True)
+
+
+def test_a_miss_saves_nothing() -> None:
+    event = usage(prompt=1000, completion=200).model_copy(update={"cache_outcome": "miss"})
+    assert BOOK.price(event) == Charge(cost_nanousd=70_000, reference_nanousd=4_500_000)

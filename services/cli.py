@@ -1,0 +1,132 @@
+"""The ``skinflint`` command: operator tasks from a shell.
+
+- ``skinflint cache score FILE``: hit and false-hit rates of the cache's verifier on a labelled
+  pair file (``fow-cache``'s JSONL: ``a``, ``b``, ``same_answer``, ``category``), overall and per
+  category, through exactly the code the cache service runs (``services.cache.quality``).
+- ``skinflint cache train``: fit and calibrate the verifier, write its artifact.
+- ``skinflint cache purge``: remove cached answers through a running ingress (your tenant's, by
+  tag, or with an admin key another tenant's or all).
+- ``skinflint usage``: the usage and savings table from a running ingress.
+
+The API key comes from ``--api-key`` or ``SKINFLINT_API_KEY``; the ingress from ``--url`` or
+``SKINFLINT_URL`` (default ``http://127.0.0.1:8000``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+
+from services.cache import quality
+
+app = typer.Typer(help="skinflint: operate the LLM cost-cutting gateway.", no_args_is_help=True,
+                  add_completion=False)
+cache_app = typer.Typer(help="The cache stage: verifier quality, training, purges.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+err = Console(stderr=True)
+
+UrlOption = Annotated[str, typer.Option("--url", envvar="SKINFLINT_URL", help="Ingress base URL.")]
+KeyOption = Annotated[str, typer.Option("--api-key", envvar="SKINFLINT_API_KEY", help="API key (Bearer).")]
+Target = Annotated[float | None, typer.Option(
+    help="False-hit rate to calibrate to (default: SF_CACHE_TARGET_FALSE_HIT_RATE, 0.01).")]
+
+
+@cache_app.command("score")
+def cache_score(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="Labelled pairs (JSONL).")],
+    cv: Annotated[bool, typer.Option("--cv", help="Cross-validate on FILE instead of using the artifact.")] = False,
+    folds: Annotated[int, typer.Option(min=2, help="Folds for --cv.")] = 10,
+    target: Target = None,
+    verifier: Annotated[Path | None, typer.Option(help="Artifact (default: SF_CACHE_VERIFIER_FILE).")] = None,
+) -> None:
+    """Hit and false-hit rates on FILE, overall and per category, beside cosine thresholds."""
+    argv = ["score", str(file), "--folds", str(folds)]
+    if cv:
+        argv.append("--cv")
+    if target is not None:
+        argv += ["--target", str(target)]
+    if verifier is not None:
+        argv += ["--verifier", str(verifier)]
+    quality.main(argv)
+
+
+@cache_app.command("train")
+def cache_train(
+    pairs: Annotated[Path | None, typer.Option(help="Labelled pairs (default: the shipped training set).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Artifact path (default: SF_CACHE_VERIFIER_FILE).")] = None,
+    target: Target = None,
+) -> None:
+    """Fit and calibrate the verifier; the cache service loads the artifact at start."""
+    argv = ["train"]
+    for flag, value in (("--pairs", pairs), ("--out", out), ("--target", target)):
+        if value is not None:
+            argv += [flag, str(value)]
+    quality.main(argv)
+
+
+def _call(method: str, url: str, path: str, api_key: str, **kwargs: Any) -> httpx.Response:
+    if not api_key:
+        err.print("[red]no API key: pass --api-key or set SKINFLINT_API_KEY[/red]")
+        raise typer.Exit(2)
+    try:
+        response = httpx.request(method, url.rstrip("/") + path, headers={"Authorization": f"Bearer {api_key}"},
+                                 timeout=60, **kwargs)
+    except httpx.HTTPError as exc:
+        err.print(f"[red]{url} did not answer: {exc}[/red] (is skinflint running? `make run`)")
+        raise typer.Exit(1) from exc
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text
+        err.print(f"[red]{response.status_code}: {message}[/red]")
+        raise typer.Exit(1)
+    return response
+
+
+@cache_app.command("purge")
+def cache_purge(
+    tag: Annotated[str | None, typer.Option(help="Only answers stored with this tag.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Another tenant's answers (admin key).")] = None,
+    everything: Annotated[bool, typer.Option("--all", help="Every tenant's answers (admin key).")] = False,
+    url: UrlOption = "http://127.0.0.1:8000",
+    api_key: KeyOption = "",
+) -> None:
+    """Remove cached answers: by default every answer of the key's own tenant."""
+    body: dict[str, Any] = {"tag": tag, "tenant": tenant}
+    if everything:
+        body["all"] = True
+    result = _call("POST", url, "/v1/cache/purge", api_key,
+                   json={k: v for k, v in body.items() if v is not None}).json()
+    scope = result["purged"]
+    print(f"purged tenant={scope['tenant'] or 'all'} tag={scope['tag'] or 'any'}: "
+          f"{result['exact_removed'] if result['exact_removed'] is not None else 'all matching'} exact, "
+          f"{result['semantic_removed']} semantic")
+
+
+@app.command("usage")
+def usage(
+    tenant: Annotated[str | None, typer.Option(help="Another tenant (admin key).")] = None,
+    since: Annotated[float | None, typer.Option(help="Only requests at or after this Unix time.")] = None,
+    url: UrlOption = "http://127.0.0.1:8000",
+    api_key: KeyOption = "",
+) -> None:
+    """Usage, cost, reference cost and cache savings per tenant and tier."""
+    params: dict[str, Any] = {"format": "table"}
+    if tenant is not None:
+        params["tenant"] = tenant
+    if since is not None:
+        params["since"] = since
+    print(_call("GET", url, "/v1/usage", api_key, params=params).text, end="")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
