@@ -55,7 +55,19 @@ def main() -> None:
         if chunk.choices and chunk.choices[0].delta.content:
             print(chunk.choices[0].delta.content, end="", flush=True)
     print("\n")
-    sent = len(QUESTIONS) + 1
+    print("The cache: the first question again, then reworded (an answer is learnt once it is whole).")
+    time.sleep(0.5)
+    for question in (QUESTIONS[0], "What's the capital city of France?"):
+        raw = client.chat.completions.with_raw_response.create(
+            model="smollm2-135m", messages=[{"role": "user", "content": question}], max_tokens=48,
+            temperature=0,
+        )
+        reply = raw.parse()
+        similarity = raw.headers.get("x-skinflint-cache-similarity")
+        print(f"Q: {question}\nA: {reply.choices[0].message.content}\n   "
+              f"(cache: {raw.headers.get('x-skinflint-cache', 'off')}"
+              f"{f', similarity {similarity}' if similarity else ''})\n")
+    sent = len(QUESTIONS) + 3
     charged = wait_for_ledger(since, sent)
     if charged < sent:
         print(f"(accounting has charged {charged} of these {sent} requests so far; is it running?)\n")

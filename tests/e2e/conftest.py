@@ -37,6 +37,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSystem]:
     try:
         stack.start_nats(free_port())
         stack.start_service("accounting", "services.accounting")
+        stack.start_service("cache", "services.cache", {"SF_QDRANT_PATH": str(var / "qdrant")})
         stack.start_service("worker", "services.worker")
         port = stack.start_ingress(free_port())
         stack.wait_ready(timeout_s=600, what="the vLLM worker")

@@ -182,7 +182,7 @@ def test_the_request_path_asks_for_short_slices_and_the_engine_keeps_the_kernels
     if not sched.slices_supported():
         pytest.skip("this system gives no task its own slice (Linux < 6.12, or refused)")
     kernel_default = sched.get_slice_us()  # this test process never asks for one
-    for name in ("nats", "ingress", "worker", "accounting"):
+    for name in ("nats", "ingress", "worker", "accounting", "cache"):
         pid = live.stack.procs[name].process.pid
         assert {sched.get_slice_us(t) for t in sched.threads_of(pid)} == {DEFAULT_SLICE_US}, name
     engine = _engine_processes(live)
@@ -202,8 +202,33 @@ def test_the_request_path_keeps_off_the_cores_the_engine_computes_on(live: LiveS
     engine_cpus = frozenset().union(*(cpus for cpus in placement.values() if cpus < available))
     if not engine_cpus or engine_cpus == available:
         pytest.skip("vLLM pinned no CPUs of its own here (it does so on CPU machines with 2 cores or more)")
-    for name in ("nats", "ingress", "worker", "accounting"):
+    for name in ("nats", "ingress", "worker", "accounting", "cache"):
         pid = live.stack.procs[name].process.pid
         assert {sched.cpus_of(t) for t in sched.threads_of(pid)} == {available - engine_cpus}, name
     # The engine's other processes (its core loop) were not moved: they float as in `vllm serve`.
     assert available in placement.values()
+
+
+async def test_a_repeated_question_is_served_from_the_cache_and_the_ledger_counts_the_saving(
+    live: LiveSystem,
+) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Name three primary colours."}],
+            "max_tokens": 256, "temperature": 0}
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=120,
+                                 headers={"Authorization": f"Bearer {KEY}"}) as http:
+        first = await http.post("/v1/chat/completions", json=body)
+        assert first.status_code == 200 and first.headers["x-skinflint-cache"] == "miss", first.text
+        assert first.json()["choices"][0]["finish_reason"] == "stop"
+        for _ in range(50):  # the answer is learnt after the reply
+            again = await http.post("/v1/chat/completions", json=body)
+            if again.headers["x-skinflint-cache"] == "exact":
+                break
+            await asyncio.sleep(0.2)
+    assert again.headers["x-skinflint-cache"] == "exact"
+    assert again.json()["choices"][0]["message"]["content"] == first.json()["choices"][0]["message"]["content"]
+    made = first.json()["usage"]
+    row = await ledger_row(live, again.headers["x-request-id"])
+    assert (row.cache_outcome, row.prompt_tokens, row.completion_tokens, row.cost_nanousd) == ("exact", 0, 0, 0)
+    assert row.cache_source_tier == "small"
+    assert row.cache_saved_nanousd == expected_nanos("small", made["prompt_tokens"], 0, made["completion_tokens"])
+    assert row.reference_nanousd == expected_nanos("large", made["prompt_tokens"], 0, made["completion_tokens"])
