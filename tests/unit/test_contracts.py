@@ -12,6 +12,9 @@ from contracts import subjects
 from contracts.v1 import (
     REPLY_ADAPTER,
     Accepted,
+    AnswerAnnounced,
+    CachePurge,
+    CachePurged,
     CancelRequest,
     ChatRequest,
     Chunk,
@@ -31,7 +34,8 @@ MODELS: dict[str, type[BaseModel]] = {
     "chat_request": ChatRequest, "task_envelope": TaskEnvelope, "reply_accepted": Accepted,
     "reply_chunk": Chunk, "reply_final": Final, "reply_error": ErrorReply, "usage_event": UsageEvent,
     "worker_heartbeat": WorkerHeartbeat, "cancel_request": CancelRequest, "hop_ack": HopAck,
-    "usage_query": UsageQuery, "usage_report": UsageReport,
+    "usage_query": UsageQuery, "usage_report": UsageReport, "answer_announced": AnswerAnnounced,
+    "cache_purge": CachePurge, "cache_purged": CachePurged,
 }
 
 
