@@ -30,14 +30,15 @@ from contracts.subjects import (
     CACHE_STAGE,
 )
 from contracts.v1 import AnswerAnnounced, CachePurge, CachePurged
-from services.cache.embedding import DIM, Embedder
+from services.cache.embedding import DIM, Embedder, EmbedderMissing
 from services.cache.exact_store import ExactStore
 from services.cache.logic import CacheLogic, LookupPolicy
 from services.cache.semantic import SemanticIndex
 from services.cache.settings import CacheSettings
-from services.cache.verifier import load
+from services.cache.verifier import ArtifactError, load
 from services.shared import metrics
 from services.shared.broker import is_connected, make_broker
+from services.shared.settings import ConfigError
 from services.shared.stage import StageRunner
 from services.shared.telemetry import setup_tracing
 from services.shared.validation import summary
@@ -52,9 +53,14 @@ class CacheService:
         self.settings = settings
         # Loaded before anything connects: a missing or mis-calibrated artifact, or a missing
         # embedding model, stops start-up with the command that builds it.
-        self.verifier = load(settings.cache_verifier_file, target=settings.cache_target_false_hit_rate) \
-            if settings.semantic else None
-        self.embedder = Embedder(settings.embedder_dir, threads=settings.embed_threads) if settings.semantic else None
+        try:
+            self.verifier = load(settings.cache_verifier_file, target=settings.cache_target_false_hit_rate) \
+                if settings.semantic else None
+            self.embedder = Embedder(settings.embedder_dir, threads=settings.embed_threads) \
+                if settings.semantic else None
+        except (ArtifactError, EmbedderMissing) as exc:
+            # Not a crash to restart: the artifact or model must be built first (exit 78).
+            raise ConfigError(f"{exc} (or set SF_SEMANTIC=false for exact answers only)") from exc
         self.broker = make_broker(self.name, settings, setup_tracing(self.name, settings))
         self.logic: CacheLogic | None = None
         self.index: SemanticIndex | None = None

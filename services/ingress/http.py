@@ -228,7 +228,12 @@ def create_http_app(gateway: Gateway) -> FastAPI:
         return report.model_dump()
 
     @app.post("/v1/cache/purge", summary="Remove cached answers: your tenant's (by tag), or any (admin)",
-              responses=ERROR_RESPONSES)
+              responses={**ERROR_RESPONSES, 403: {"description": "Another tenant's cache, without an admin key"},
+                         502: {"description": "The purge failed in the cache service"}},
+              openapi_extra={"requestBody": {"required": False, "content": {"application/json": {"schema": {
+                  "type": "object", "additionalProperties": False, "properties": {
+                      "tag": {"type": "string", "minLength": 1}, "tenant": {"type": "string", "minLength": 1},
+                      "all": {"type": "boolean"}}}}}}})
     async def purge_cache(request: Request) -> dict[str, Any]:
         caller = gateway.gate.authenticate(request.headers.get("authorization"))
         raw = await read_body(request, 64 * 1024)

@@ -29,7 +29,7 @@ class IngressService:
         gate = Gate(load_config_file(settings.tenants_file, TenantsFile))
         # The whole configuration is checked before anything connects (exit 78 on a mistake).
         check_pipeline(settings.pipeline, stages)
-        check_optional(settings.optional_stages, settings.pipeline)
+        check_optional(settings.optional_stages, stages)
         check_priced({f"{env_name('models')}.{name}": route.tier for name, route in settings.models.items()},
                      load_pricebook(settings.pricebook_file), settings.pricebook_file)
         provider = setup_tracing(self.name, settings)

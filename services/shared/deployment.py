@@ -30,15 +30,17 @@ def check_pipeline(pipeline: Sequence[str], known: Collection[str] = KNOWN_STAGE
                           f"earlier stage did), not {pipeline[-1]!r}")
 
 
-def check_optional(optional: Sequence[str], pipeline: Sequence[str],
+def check_optional(optional: Sequence[str], known: Collection[str] = KNOWN_STAGES,
                    source: str = env_name("optional_stages")) -> None:
-    """Stages marked optional are on the pipeline, and inference is not one of them."""
+    """Stages marked optional are stages skinflint has, and inference is not one of them (one
+    that is not on the pipeline is simply not visited)."""
     for i, stage in enumerate(optional):
         if stage == INFER_STAGE:
             raise ConfigError(f"{source}.{i}: {INFER_STAGE!r} cannot be optional: it answers what no other "
                               "stage did")
-        if stage not in pipeline:
-            raise ConfigError(f"{source}.{i}: {stage!r} is not on the pipeline ({', '.join(pipeline)})")
+        if stage not in known:
+            raise ConfigError(f"{source}.{i}: {stage!r} is not a stage skinflint has "
+                              f"(known stages: {', '.join(known)})")
 
 
 def load_pricebook(path: str) -> PriceBook:

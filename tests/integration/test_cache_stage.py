@@ -380,3 +380,20 @@ async def test_shadow_mode_serves_nothing_and_records_what_it_would_have_served(
     assert (shadowed["cache_outcome"], shadowed["cache_shadow"], shadowed["cache_shadow_match"]) == \
         ("miss", "exact", True)
     assert shadowed["completion_tokens"] > 0  # charged as the model answer it was
+
+
+async def test_a_cache_that_fails_passes_the_request_on_to_the_model(
+    nats_server: NatsServer, tenants_file: Path
+) -> None:
+    async with chat_stack(nats_server.url, tenants_file) as (_, client, cache):
+        assert cache is not None and cache.logic is not None
+
+        async def broken(*args: Any, **kwargs: Any) -> None:
+            raise ConnectionError("the key-value store is unreachable")
+
+        cache.logic.exact.get = broken  # type: ignore[method-assign]
+        r = await ask(client, chat("Does a failing cache fail the request?", temperature=0), learnt=False)
+    assert outcome(r) == "skipped"
+    assert r.json()["choices"][0]["message"]["content"]
+    events = await usage_events(nats_server.url)
+    assert events[r.headers["x-request-id"]]["cache_outcome"] == "skipped"

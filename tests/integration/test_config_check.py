@@ -26,8 +26,8 @@ def start(module: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(("module", "env", "message"), [
     ("services.ingress", {"SF_PIPELINE": '["cahce", "infer"]', "SF_PORT": "0"},
      "SF_PIPELINE.0: 'cahce' is not a stage skinflint has"),
-    ("services.ingress", {"SF_PIPELINE": '["infer"]', "SF_PORT": "0"},
-     "SF_OPTIONAL_STAGES.0: 'cache' is not on the pipeline"),
+    ("services.ingress", {"SF_OPTIONAL_STAGES": '["infer"]', "SF_PORT": "0"},
+     "SF_OPTIONAL_STAGES.0: 'infer' cannot be optional"),
     ("services.ingress", {"SF_MODELS": '{"gold": {"tier": "gold"}}', "SF_PORT": "0"},
      "SF_MODELS.gold: tier 'gold' has no price in infra/config/pricebook.yaml"),
     ("services.worker", {"SF_TIER": "gold"}, "SF_TIER: tier 'gold' has no price in infra/config/pricebook.yaml"),

@@ -179,7 +179,8 @@ async def test_report_prints_the_totals_table(tmp_path: Path) -> None:
     table = await report(AccountingSettings(database_url=url), UsageQuery(tenant="acme"))
     lines = table.splitlines()
     assert lines[0].split()[:3] == ["tenant", "tier", "requests"]
-    assert lines[2].split() == ["acme", "small", "1", "100", "0", "10", "0.250000", "1.000000", "75.0%"]
+    assert lines[2].split() == ["acme", "small", "1", "100", "0", "10", "0.250000", "1.000000", "75.0%",
+                                "0", "0.000000"]
     assert len(lines) == 3  # beta is filtered out
 
 

@@ -248,7 +248,9 @@ def test_migrate_sql_prints_the_schema_without_connecting(monkeypatch: pytest.Mo
                       "occurred_at TIMESTAMP WITH TIME ZONE NOT NULL",
                       "CREATE INDEX ix_usage_records_occurred_at ON usage_records (occurred_at)",
                       "CREATE INDEX ix_usage_records_tenant_occurred ON usage_records (tenant, occurred_at)",
-                      f"INSERT INTO alembic_version (version_num) VALUES ('{HEAD}')", "COMMIT;"):
+                      "INSERT INTO alembic_version (version_num) VALUES ('0001')",
+                      "ALTER TABLE usage_records ADD COLUMN cache_saved_nanousd BIGINT DEFAULT '0' NOT NULL",
+                      f"UPDATE alembic_version SET version_num='{HEAD}'", "COMMIT;"):
         assert statement in sql
     with pytest.raises(SystemExit):
         main(["migrate", "--from", HEAD])  # --from without --sql is refused

@@ -28,9 +28,17 @@ def test_fuzzing_the_openapi_spec_finds_no_server_error(
     stack.env["SF_NATS_URL"] = nats_server.url
     stack.start_service("worker", "tests.support.fake_worker", {"SF_FAKE_SECONDS_PER_TOKEN": "0"})
     stack.start_service("accounting", "services.accounting")
+    cache = stack.start_service("cache", "services.cache", {"SF_QDRANT_PATH": str(tmp_path / "qdrant")})
     port = stack.start_ingress(free_port())
     base = f"http://127.0.0.1:{port}"
     stack.wait_ready(timeout_s=60)
+    for _ in range(300):  # the cache stage answers purges once its stores are open
+        try:
+            if httpx.get(f"http://127.0.0.1:{cache.health_port}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
     st = Path(sys.executable).parent / "schemathesis"
     for auth in ("Authorization: Bearer sk-skinflint-demo", "Authorization: Bearer sk-skinflint-admin"):
         run = subprocess.run(
