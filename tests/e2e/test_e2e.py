@@ -72,9 +72,10 @@ def test_openai_sdk_gets_a_real_answer(live: LiveSystem) -> None:
 
 
 def test_openai_sdk_streams_with_usage(live: LiveSystem) -> None:
+    # The question was answered before (the test above): no-cache asks the model, not the cache.
     stream = client(live).chat.completions.create(
         model=MODEL, messages=QUESTION, max_tokens=24, temperature=0, stream=True,  # type: ignore[arg-type]
-        stream_options={"include_usage": True})
+        stream_options={"include_usage": True}, extra_headers={"Cache-Control": "no-cache"})
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert "Paris" in text
