@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -108,7 +109,7 @@ def logic() -> CacheLogic:
                       instance_id="c1", clock=lambda: NOW)
 
 
-def envelope(text: str, tenant: str = "demo", **control: object) -> TaskEnvelope:
+def envelope(text: str, tenant: str = "demo", **control: Any) -> TaskEnvelope:
     req = ChatRequest.model_validate({"model": "m", "temperature": 0, "messages": [{"role": "user", "content": text}]})
     return TaskEnvelope(request_id="r1", tenant=tenant, request=req, route=Route(model="m", tier="small"),
                         reply_subject="x", itinerary=["cache", "infer"], received_at=NOW,
@@ -164,7 +165,7 @@ async def test_shadow_mode_serves_nothing_and_notes_what_it_would_have_served() 
 
 @pytest.mark.parametrize(("control", "reason"), [
     ({"lookup": False}, "request: no-cache"), ({"mode": "off"}, "tenant policy: cache off")])
-async def test_a_bypass_does_not_look_up(control: dict[str, object], reason: str) -> None:
+async def test_a_bypass_does_not_look_up(control: dict[str, Any], reason: str) -> None:
     cache = logic()
     out = await cache.lookup(envelope("Capital of France?", **control))
     assert isinstance(out, Forward) and out.env.cache is not None
@@ -176,7 +177,7 @@ async def test_a_bypass_does_not_look_up(control: dict[str, object], reason: str
     ({}, "length", FillReason.TRUNCATED), ({}, "abort", FillReason.CANCELLED),
     ({"store": False}, "stop", FillReason.SKIPPED), ({"mode": "off"}, "stop", FillReason.SKIPPED),
 ])
-async def test_answers_that_must_not_be_learnt_are_not(control: dict[str, object], finish: str,
+async def test_answers_that_must_not_be_learnt_are_not(control: dict[str, Any], finish: str,
                                                      reason: FillReason) -> None:
     cache = logic()
     env = envelope("Capital of France?", **control)
