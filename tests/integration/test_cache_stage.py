@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import nats
 import pytest
 import websockets
 import yaml
 
-from contracts.subjects import USAGE_STREAM, USAGE_SUBJECT
 from services.cache.service import CacheService
 from services.ingress.service import IngressService
 from services.shared import metrics
@@ -31,6 +29,7 @@ from tests.integration.conftest import (
     running_ingress,
     running_worker,
 )
+from tests.support.usage_stream import usage_events
 
 pytestmark = pytest.mark.integration
 
@@ -96,24 +95,6 @@ async def ask(client: httpx.AsyncClient, body: dict[str, Any], headers: dict[str
         else:
             raise AssertionError("the cache never handled the announced answer")
     return r
-
-
-async def usage_events(nats_url: str) -> dict[str, dict[str, Any]]:
-    """Request id -> its usage event, from the usage stream."""
-    nc = await nats.connect(nats_url)
-    try:
-        sub = await nc.jetstream().pull_subscribe(USAGE_SUBJECT, stream=USAGE_STREAM.name)
-        events: dict[str, dict[str, Any]] = {}
-        while True:
-            try:
-                msgs = await sub.fetch(200, timeout=1.0)
-            except nats.errors.TimeoutError:
-                return events
-            for msg in msgs:
-                event = json.loads(msg.data)
-                events[event["request_id"]] = event
-    finally:
-        await nc.close()
 
 
 def outcome(r: httpx.Response) -> str:

@@ -13,9 +13,9 @@ import pytest
 from contracts.v1 import ChatMessage, HopAck, TaskEnvelope
 from services.shared import lane
 from tests.integration.conftest import chat, running_ingress, running_worker
-from tests.integration.test_usage_durability import stored_usage
 from tests.support.fakes import FakeEngine
 from tests.support.natsd import NatsServer
+from tests.support.usage_stream import stored_usage
 
 pytestmark = pytest.mark.integration
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples/v1/task_envelope.json"

@@ -11,8 +11,8 @@ from contracts.v1 import Final, TaskEnvelope, TokenUsage
 from services.shared.slip import insert_next, skip
 from services.shared.stage import Finish, Forward, StageRunner
 from tests.integration.conftest import AUTH, chat, running_ingress, running_worker
-from tests.integration.test_usage_durability import stored_usage
 from tests.support.natsd import NatsServer
+from tests.support.usage_stream import stored_usage
 
 pytestmark = pytest.mark.integration
 

@@ -3,41 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
 from collections.abc import Callable
 
 import httpx
-import nats
 import pytest
 
-from contracts.subjects import USAGE_STREAM, USAGE_SUBJECT
 from services.stack import Stack
 from tests.integration.conftest import chat, running_ingress
 from tests.integration.test_resilience import start_fake_worker, wait_for_worker
 from tests.support.natsd import NatsServer
+from tests.support.usage_stream import stored_usage
 
 pytestmark = pytest.mark.integration
-
-
-async def stored_usage(nats_url: str) -> dict[str, int]:
-    """Request id -> how many copies the usage stream holds."""
-    nc = await nats.connect(nats_url)
-    try:
-        js = nc.jetstream()
-        sub = await js.pull_subscribe(USAGE_SUBJECT, stream=USAGE_STREAM.name)
-        counts: dict[str, int] = {}
-        while True:
-            try:
-                msgs = await sub.fetch(100, timeout=1.0)
-            except nats.errors.TimeoutError:
-                return counts
-            for msg in msgs:
-                request_id = json.loads(msg.data)["request_id"]
-                counts[request_id] = counts.get(request_id, 0) + 1
-    finally:
-        await nc.close()
 
 
 async def test_a_worker_killed_right_after_its_reply_has_still_sent_the_charge(
