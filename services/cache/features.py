@@ -15,92 +15,43 @@ service has both vectors already: the query's and the one stored with the cached
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from difflib import SequenceMatcher
 from functools import lru_cache
 
+from services.cache.lexicon import (
+    ANTONYMS,
+    BAD_WORDS,
+    CONTRACTIONS,
+    DATE_WORDS,
+    DOWN_WORDS,
+    FILLERS,
+    FORBIDDEN_WORDS,
+    FRACTION_WORDS,
+    GOOD_WORDS,
+    NEGATING_PREFIXES,
+    NEGATIONS,
+    NUMBER_WORDS,
+    PARTICLES,
+    PERMITTED_WORDS,
+    REQUEST_WORDS,
+    STOPWORDS,
+    SUFFIXES,
+    SYNONYMS,
+    TIME_UNITS,
+    UP_WORDS,
+)
 from services.shared.canonical import normalise_text
 
 _WORD = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*")
-_NUMBER = re.compile(r"\d+(?:[.,:/]\d+)*")
+# A leading minus only where it cannot be a dash between words or a subtraction: "f(-2)", " -3".
+_NUMBER = re.compile(r"(?:(?<=[\s(\[=,])-)?\d+(?:[.,:/]\d+)*")
+_CLOCK = re.compile(r"\d+(?:am|pm)")
 _SENTENCE_START = re.compile(r"(?:^|[.!?]\s+|\n)\W*([^\W_]+)")
 
-def _split(words: str) -> list[str]:
-    return words.split()
-
-
-#: Words that negate what follows, and contractions ending in n't.
-NEGATIONS = frozenset({
-    "not", "no", "never", "none", "nobody", "nothing", "neither", "nor", "without", "cannot",
-    "nowhere", "non", "stop", "avoid", "refuse", "exclude", "excluding", "except", "unless",
-})
-#: Opposites that flip an answer; each pair is stored both ways.
-_ANTONYM_PAIRS = (
-    ("open", "closed"), ("open", "close"), ("on", "off"), ("in", "out"), ("include", "exclude"),
-    ("includes", "excludes"), ("included", "excluded"), ("allowed", "banned"), ("allowed", "forbidden"),
-    ("allowed", "prohibited"), ("increase", "decrease"),
-    ("increased", "decreased"), ("increases", "decreases"), ("increase", "reduce"), ("raise", "lower"),
-    ("more", "less"), ("more", "fewer"), ("most", "least"), ("max", "min"), ("maximum", "minimum"),
-    ("over", "under"), ("above", "below"), ("before", "after"), ("early", "late"), ("earlier", "later"),
-    ("first", "last"), ("start", "end"), ("start", "stop"), ("begin", "end"), ("add", "remove"),
-    ("add", "delete"), ("enable", "disable"), ("activate", "deactivate"), ("join", "leave"),
-    ("buy", "sell"), ("borrow", "lend"), ("deposit", "withdraw"), ("send", "receive"), ("import", "export"),
-    ("upload", "download"), ("accept", "reject"), ("accept", "decline"), ("approve", "reject"),
-    ("pass", "fail"), ("win", "lose"), ("benefits", "drawbacks"), ("advantages", "disadvantages"),
-    ("pros", "cons"), ("safe", "dangerous"), ("legal", "illegal"), ("eat", "avoid"), ("can", "cannot"),
-    ("should", "shouldn't"), ("with", "without"), ("to", "from"), ("into", "from"), ("higher", "lower"),
-    ("high", "low"), ("best", "worst"), ("good", "bad"), ("better", "worse"),
-    ("minimum", "maximum"), ("lowest", "highest"), ("longest", "shortest"), ("inside", "outside"),
-    ("internal", "external"), ("public", "private"), ("full", "part"), ("permanent", "temporary"),
-    ("adult", "child"), ("adults", "children"), ("entitled", "ineligible"),
-    ("eligible", "ineligible"), ("qualify", "disqualify"), ("lock", "unlock"), ("mute", "unmute"),
-    ("subscribe", "unsubscribe"), ("follow", "unfollow"), ("install", "uninstall"), ("pause", "resume"),
-)
-ANTONYMS = frozenset(_ANTONYM_PAIRS) | frozenset((b, a) for a, b in _ANTONYM_PAIRS)
-#: Prefixes that turn a word into its opposite (safe/unsafe, like/dislike, members/non-members).
-_NEGATING_PREFIXES = ("un", "dis", "in", "im", "il", "ir", "non", "anti", "de", "mis")
-
-_NUMBER_WORDS = {
-    w: str(i) for i, w in enumerate(_split(
-        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-        "fifteen sixteen seventeen eighteen nineteen twenty"))
-} | {"thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70", "eighty": "80",
-     "ninety": "90", "hundred": "100", "thousand": "1000", "million": "1000000", "half": "0.5",
-     "first": "1st", "third": "3rd", "fourth": "4th", "fifth": "5th", "once": "1x",
-     "twice": "2x", "double": "2x", "triple": "3x", "dozen": "12"}
-# Number words that are more often not numbers: "quick one", "wait a second", "single sign-on".
-for _word in ("one", "second", "single", "couple"):
-    _NUMBER_WORDS.pop(_word, None)
-DATE_WORDS = frozenset(_split(
-    "monday tuesday wednesday thursday friday saturday sunday mondays tuesdays wednesdays thursdays "
-    "fridays saturdays sundays weekend weekends weekday weekdays today tomorrow yesterday tonight "
-    "morning afternoon evening night daily weekly monthly yearly annually annual quarterly "
-    "january february march april may june july august september october november december "
-    "spring summer autumn fall winter christmas easter morning noon midnight am pm "
-    "day days week weeks month months year years hour hours minute minutes"))
-
-#: Short function words: a rewording changes them freely ("How do I" / "How can I").
-STOPWORDS = frozenset(_split(
-    "a an the i me my mine we our you your he she it its they them their this that these those "
-    "is are was were be been being am do does did have has had will would shall should can could "
-    "may might must need to of for in at by with about as from into onto up out and or but if so "
-    "what which who whom whose when where why how there here please get got go going make any some "
-    "just also too very much many really still ever s"))
-
-#: Greetings, thanks and spoken fillers: they never change what is asked ("Hi, quick one: ...").
-FILLERS = frozenset(_split(
-    "hi hello hey hiya team please thanks thank cheers um uh er erm "
-    "so like okay ok yeah well just wondering quick question one sorry bother silly many advance "
-    "kind kindly regards"))
-#: Contractions written out, so "What's" and "What is" are the same words.
-_CONTRACTIONS = {
-    "can't": ("can", "not"), "cannot": ("can", "not"), "won't": ("will", "not"), "shan't": ("shall", "not"),
-    "what's": ("what", "is"), "where's": ("where", "is"), "who's": ("who", "is"), "how's": ("how", "is"),
-    "when's": ("when", "is"), "why's": ("why", "is"), "it's": ("it", "is"), "that's": ("that", "is"),
-    "there's": ("there", "is"), "here's": ("here", "is"), "let's": ("let", "us"),
-}
-_SUFFIXES = (("n't", "not"), ("'re", "are"), ("'ve", "have"), ("'ll", "will"), ("'d", "would"), ("'m", "am"))
 
 #: Knots of the piecewise-linear cosine terms: a linear model can then punish a low similarity
 #: far harder than it rewards a high one.
@@ -111,8 +62,11 @@ FEATURE_NAMES: tuple[str, ...] = (
     *(f"cosine_below_{k}" for k in COSINE_KNOTS),
     "negation_mismatch",
     "antonym",
+    "direction_swap",
+    "polarity_mismatch",
     "number_mismatch",
     "date_mismatch",
+    "unit_mismatch",
     "entity_mismatch",
     "jaccard",
     "fuzzy_jaccard",
@@ -132,6 +86,19 @@ FEATURE_NAMES: tuple[str, ...] = (
     "cosine_x_typo_only",
     "reworded_x_cosine",
     "typo_only_x_entity_mismatch",
+    # Where the two differ, aligned (see :class:`Diff`): a near copy with one stretch changed is
+    # the shape of a question about something else; many small changes, of a rewording.
+    "diff_ratio",
+    "diff_blocks",
+    "single_change",
+    "substitutions",
+    "insertions",
+    "changed_share",
+    "log_length",
+    "single_change_x_cosine",
+    "diff_ratio_x_cosine",
+    "single_change_x_diff_ratio",
+    "flagged_x_diff_ratio",
 )
 
 
@@ -143,8 +110,11 @@ class Text:
     words: frozenset[str]
     negations: int
     numbers: frozenset[str]
-    dates: frozenset[str]
+    dates: frozenset[str]  # named times: weekdays, months, seasons, "tomorrow"
+    units: frozenset[str]  # units of time: "hour", "week", "year"
     entities: frozenset[str]  # lower-cased capitalised words that do not open a sentence
+    content: tuple[str, ...]  # the tokens without fillers, in order: what the diff aligns
+    stems: tuple[str, ...]  # ``content``'s stems
 
 
 @lru_cache(maxsize=4096)
@@ -160,17 +130,46 @@ def analyse(text: str) -> Text:
         if word != "I" and any(c.isupper() for c in word) and match.start() not in openers:
             entities.add(_strip_possessive(word.lower()))
     negations = sum(1 for t in tokens if t in NEGATIONS)
-    numbers = set(_NUMBER.findall(text)) | {_NUMBER_WORDS[t] for t in tokens if t in _NUMBER_WORDS}
-    dates = {t for t in tokens if t in DATE_WORDS}
-    return Text(tokens, frozenset(tokens), negations, frozenset(numbers), frozenset(dates), frozenset(entities))
+    clock = {t for t in tokens if _CLOCK.fullmatch(t)}  # "7am" / "7pm" differ as numbers do
+    numbers = {_canonical_number(n) for n in _NUMBER.findall(text)} | _number_words(tokens) | clock
+    dates = {DATE_WORDS[t] for t in tokens if t in DATE_WORDS}
+    units = frozenset(TIME_UNITS[t] for t in tokens if t in TIME_UNITS)
+    content = _content(tokens)
+    return Text(tokens, frozenset(tokens), negations, frozenset(numbers), frozenset(dates), units,
+                frozenset(entities), content, tuple(stem(t) for t in content))
+
+
+def _canonical_number(n: str) -> str:
+    """One spelling per value: "76,000" = "76000", "15.00" = "15", "1/2" = "0.5"; times and
+    dates ("10:30", "3/4/2024") and version-like strings stay as written."""
+    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", n):
+        n = n.replace(",", "")
+    if re.fullmatch(r"-?\d+/\d+", n):
+        top, bottom = n.split("/")
+        return _canonical_number(f"{int(top) / int(bottom):.6f}") if int(bottom) else n
+    if re.fullmatch(r"-?\d+(?:\.\d+)?", n):
+        return f"{float(n):.6f}".rstrip("0").rstrip(".")
+    return n
+
+
+def _number_words(tokens: tuple[str, ...]) -> set[str]:
+    """Numbers written as words; "a third" / "one quarter" is a fraction, "third" alone an ordinal."""
+    found = set()
+    for i, t in enumerate(tokens):
+        if t in FRACTION_WORDS and (t == "half" or (i > 0 and tokens[i - 1] in ("a", "one"))):
+            found.add(_canonical_number(FRACTION_WORDS[t]))
+        elif t in NUMBER_WORDS:
+            value = NUMBER_WORDS[t]
+            found.add(_canonical_number(value) if value[0].isdigit() and value[-1].isdigit() else value)
+    return found
 
 
 def _expand(tokens: Iterable[str]) -> Iterable[str]:
     for t in tokens:
-        if t in _CONTRACTIONS:
-            yield from _CONTRACTIONS[t]
+        if t in CONTRACTIONS:
+            yield from CONTRACTIONS[t]
             continue
-        for suffix, full in _SUFFIXES:
+        for suffix, full in SUFFIXES:
             if t.endswith(suffix) and len(t) > len(suffix):
                 yield t[: -len(suffix)]
                 yield full
@@ -206,6 +205,7 @@ def edit_distance(a: str, b: str, limit: int = 2) -> int:
 _ENDINGS = ("ation", "ing", "ed", "es", "s", "e", "al", "ly", "y")
 
 
+@lru_cache(maxsize=65536)
 def stem(word: str) -> str:
     """A crude stem: the word without one common ending (waiting/wait, quotation/quote)."""
     word = _strip_possessive(word)
@@ -215,19 +215,24 @@ def stem(word: str) -> str:
     return word
 
 
+@lru_cache(maxsize=65536)
 def is_typo(a: str, b: str) -> bool:
     """Whether two different words are one misspelt as the other, or another form of it (plural,
-    possessive, -ing, -ed ...): one edit for words up to five letters, two for longer ones;
-    digits must match exactly and opposites (safe/unsafe) never are."""
-    if any(c.isdigit() for c in a + b) or _is_opposite(a, b):
+    possessive, -ing, -ed ...) or a common synonym (:data:`~services.cache.lexicon.SYNONYMS`):
+    one edit for words up to five letters, two for longer ones;
+    digits must match exactly and opposites (safe/unsafe) never are. Cached: a service asks about
+    the same words again and again."""
+    if any(c.isdigit() for c in a) or any(c.isdigit() for c in b):
         return False
     a, b = _strip_possessive(a), _strip_possessive(b)
-    if stem(a) in (b, stem(b)) or stem(b) == a:
-        return True
+    if stem(a) in (b, stem(b)) or stem(b) == a or b in SYNONYMS.get(a, ()) or a in SYNONYMS.get(b, ()):
+        return not _is_opposite(a, b)
     shorter = min(len(a), len(b))
-    if shorter < 3:
+    limit = 1 if shorter <= 5 else 2
+    # Cheap refusals first: each edit brings in or drops at most one distinct letter.
+    if shorter < 3 or abs(len(a) - len(b)) > limit or len(set(a) ^ set(b)) > 2 * limit:
         return False
-    return edit_distance(a, b) <= (1 if shorter <= 5 else 2)
+    return edit_distance(a, b, limit) <= limit and not _is_opposite(a, b)
 
 
 def _typo_matches(left: Iterable[str], right: set[str], names: frozenset[str] = frozenset()
@@ -235,17 +240,28 @@ def _typo_matches(left: Iterable[str], right: set[str], names: frozenset[str] = 
     """Greedily pair words of ``left`` with typo twins in ``right``; returns (pairs, unmatched
     left, unmatched right). A word that is a name (in ``names``) pairs only as a name would
     (:func:`_same_name`)."""
+    candidates = sorted(right)
     free = set(right)
     unmatched_left: set[str] = set()
     pairs = 0
     for word in sorted(left):
-        twin = next((w for w in sorted(free) if _twins(word, w, names)), None)
+        twin = next((w for w in candidates if w in free and _may_pair(word, w) and _twins(word, w, names)), None)
         if twin is None:
             unmatched_left.add(word)
         else:
             free.discard(twin)
             pairs += 1
     return pairs, unmatched_left, free
+
+
+def _may_pair(a: str, b: str) -> bool:
+    """A quick filter before :func:`_twins`: most pairs of words are far apart in length and
+    letters, and are neither forms nor synonyms of each other (no typo, no same name)."""
+    a, b = _strip_possessive(a), _strip_possessive(b)
+    if abs(len(a) - len(b)) <= 2 and len(set(a) ^ set(b)) <= 4:
+        return True
+    return (stem(a) == stem(b) or a.startswith(b) or b.startswith(a)
+            or b in SYNONYMS.get(a, ()) or a in SYNONYMS.get(b, ()))
 
 
 def _twins(a: str, b: str, names: frozenset[str]) -> bool:
@@ -270,7 +286,39 @@ def _entity_in(entity: str, other: Text) -> bool:
 def _is_opposite(a: str, b: str) -> bool:
     if (a, b) in ANTONYMS:
         return True
-    return min(len(a), len(b)) >= 3 and any(a == p + b or b == p + a for p in _NEGATING_PREFIXES)
+    return min(len(a), len(b)) >= 3 and any(a == p + b or b == p + a for p in NEGATING_PREFIXES)
+
+
+_SOURCE, _DESTINATION = frozenset({"from"}), frozenset({"to", "into", "onto"})
+_DETERMINERS = frozenset({"the", "a", "an", "my", "our", "your", "their", "his", "her", "its", "this", "that"})
+
+
+def _roles(t: Text) -> dict[str, str]:
+    """The word naming where something goes from (after "from") or to (after "to", "into"), past
+    one determiner: "from my savings" -> savings: source; "to move" -> move, which no other text
+    names as a place, so it does no harm."""
+    roles: dict[str, str] = {}
+    for i, word in enumerate(t.tokens):
+        role = "source" if word in _SOURCE else "destination" if word in _DESTINATION else None
+        if role is None:
+            continue
+        j = i + 1 + (i + 1 < len(t.tokens) and t.tokens[i + 1] in _DETERMINERS)
+        if j < len(t.tokens) and t.tokens[j] not in STOPWORDS:
+            roles.setdefault(t.tokens[j], role)
+    return roles
+
+
+def _direction_swap(x: Text, y: Text) -> bool:
+    """A word that is where something goes from in one question is where it goes to in the other
+    ("from Hargreaves Lansdown to Vanguard" / "my Vanguard ISA over to Hargreaves Lansdown")."""
+    rx, ry = _roles(x), _roles(y)
+    return any(rx[w] != ry[w] for w in rx.keys() & ry.keys())
+
+
+def _opposite_leaning(x: frozenset[str], y: frozenset[str], one: frozenset[str], other: frozenset[str]) -> bool:
+    """One text leans only ``one`` way and the other only the ``other`` way."""
+    lean_x, lean_y = (bool(x & one), bool(x & other)), (bool(y & one), bool(y & other))
+    return {lean_x, lean_y} == {(True, False), (False, True)}
 
 
 def _is_rotation(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
@@ -304,6 +352,46 @@ def _jaccard(a: set[tuple[str, str]], b: set[tuple[str, str]]) -> float:
     return len(a & b) / max(1, len(a | b))
 
 
+def _is_content(word: str) -> bool:
+    return word not in STOPWORDS and word not in REQUEST_WORDS
+
+
+@dataclass(frozen=True)
+class Diff:
+    """Where two questions differ, aligned word by word (stems; fillers left out). A block is a
+    stretch that differs and holds a content word that is not a typo of one across from it."""
+
+    ratio: float  # share of the words in aligned, equal stretches
+    blocks: int
+    substitutions: int  # blocks with content words on both sides ("home" / "car" insurance)
+    insertions: int  # blocks with content words on one side only ("without", "abelian")
+    changed: int  # content words inside blocks, both sides
+    opposed_particles: bool  # a stretch where "in" faces "out", "to" faces "from" ...
+
+
+def diff(x: Text, y: Text) -> Diff:
+    matcher = SequenceMatcher(None, x.stems, y.stems, autojunk=False)
+    blocks = substitutions = insertions = changed = 0
+    opposed = False
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            continue
+        opposed = opposed or any(_is_opposite(u, v) for u in x.content[i1:i2] if u in PARTICLES
+                                 for v in y.content[j1:j2] if v in PARTICLES)
+        left = {w for w in x.content[i1:i2] if _is_content(w)}
+        right = {w for w in y.content[j1:j2] if _is_content(w)}
+        _, left, right = _typo_matches(left - right, right - left, x.entities | y.entities)
+        if not left and not right:
+            continue
+        blocks += 1
+        changed += len(left) + len(right)
+        if left and right:
+            substitutions += 1
+        else:
+            insertions += 1
+    return Diff(matcher.ratio(), blocks, substitutions, insertions, changed, opposed)
+
+
 def pair_features(a: str, b: str, cosine: float) -> list[float]:
     """The feature vector of a pair, in :data:`FEATURE_NAMES` order."""
     x, y = analyse(a), analyse(b)
@@ -313,21 +401,34 @@ def pair_features(a: str, b: str, cosine: float) -> list[float]:
     jaccard = len(words_x & words_y) / union
     typos, left, right = _typo_matches(only_x, set(only_y), x.entities | y.entities)
     fuzzy_jaccard = (len(words_x & words_y) + typos) / max(1, union - typos)
-    unmatched_content = len((left | right) - STOPWORDS)
-    antonym = any(_is_opposite(u, v) for u in only_x for v in only_y)
+    unmatched_content = len((left | right) - STOPWORDS - REQUEST_WORDS)
+    d = diff(x, y)
+    # "opt in" / "opt out": opposite particles only count facing each other in a near copy; in
+    # a rewording "to" and "from" come and go freely.
+    antonym = d.opposed_particles or any(
+        _is_opposite(u, v) for u in only_x - PARTICLES for v in only_y - PARTICLES)
     entities_x = {e for e in x.entities if not _entity_in(e, y)}
     entities_y = {e for e in y.entities if not _entity_in(e, x)}
     lengths = sorted((len(x.tokens), len(y.tokens)))
     typo_only = float(not left and not right)
     entity_mismatch = float(bool(entities_x or entities_y))
     reworded = 1.0 - fuzzy_jaccard
+    negation = float((x.negations > 0) != (y.negations > 0) or abs(x.negations - y.negations) == 1)
+    # "1" alone is no difference: "a week" / "1 week", "one last tree" / "1 final tree".
+    numbers, dates = float(bool((x.numbers ^ y.numbers) - {"1"})), float(x.dates != y.dates)
+    polarity = float(_opposite_leaning(x.words, y.words, UP_WORDS, DOWN_WORDS)
+                     or _opposite_leaning(x.words, y.words, GOOD_WORDS, BAD_WORDS)
+                     or _opposite_leaning(x.words, y.words, PERMITTED_WORDS, FORBIDDEN_WORDS))
     return [
         float(cosine),
         *(max(0.0, k - float(cosine)) for k in COSINE_KNOTS),
-        float((x.negations > 0) != (y.negations > 0) or abs(x.negations - y.negations) == 1),
+        negation,
         float(antonym),
-        float(x.numbers != y.numbers),
-        float(x.dates != y.dates),
+        float(_direction_swap(x, y)),
+        polarity,
+        numbers,
+        dates,
+        float(x.units != y.units),
         entity_mismatch,
         jaccard,
         fuzzy_jaccard,
@@ -348,4 +449,25 @@ def pair_features(a: str, b: str, cosine: float) -> list[float]:
         cosine * typo_only,
         reworded * cosine,
         typo_only * entity_mismatch,
+        *_diff_features(x, y, d, cosine, flagged=max(
+            negation, float(antonym), polarity, numbers, dates, entity_mismatch)),
+    ]
+
+
+def _diff_features(x: Text, y: Text, d: Diff, cosine: float, *, flagged: float) -> list[float]:
+    content = sum(1 for w in x.content if _is_content(w)) + sum(1 for w in y.content if _is_content(w))
+    single = float(d.blocks == 1)
+    return [
+        d.ratio,
+        float(min(d.blocks, 6)),
+        single,
+        float(min(d.substitutions, 4)),
+        float(min(d.insertions, 4)),
+        d.changed / max(1, content),
+        math.log1p(content / 2),
+        single * cosine,
+        d.ratio * cosine,
+        single * d.ratio,
+        # A near copy with a number, a date, a name or the polarity changed: the classic wrong hit.
+        flagged * d.ratio,
     ]

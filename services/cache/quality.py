@@ -1,13 +1,16 @@
 """Train the verifier and measure it: ``python -m services.cache.verifier train|score``.
 
-``train`` fits and calibrates on ``fow-cache``'s pairs (or ``--pairs FILE``) and writes the
-artifact. ``score FILE`` decides every pair of a file in the same format with the artifact,
-through :meth:`Verifier.decide`'s own code path (features, scores, threshold), and prints hit
-and false-hit rates overall and per category, beside a fixed 0.8 cosine threshold and the best
-single cosine threshold with at most 2% false hits (chosen on the file itself, which flatters
-it). ``score FILE --cv`` instead cross-validates on the file: each fold is decided by a
-verifier trained and calibrated on the other folds only, so no pair is scored by a model or
-threshold that saw it.
+``train`` fits and calibrates on the labelled pairs (by default ``fow-cache``'s 600 and the 360 of
+``bench/data/cache_paraphrases.jsonl``, built from MT-Bench, GSM8K and MMLU prompts; or
+``--pairs FILE...``) and writes the artifact. ``score FILE`` decides every pair of a file in the
+same format with the artifact, through :meth:`Verifier.decide` itself, and prints hit and
+false-hit rates overall and per category, beside a fixed 0.8 cosine threshold and the best single
+cosine threshold with at most 2% false hits (chosen on the file itself, which flatters it).
+``score FILE --cv`` instead cross-validates on the file: each fold is decided by a verifier
+trained and calibrated on the other folds only, so no pair is scored by a model or threshold
+that saw it, nor any pair sharing a question with it or a near copy of one (see
+:func:`near_duplicate_groups`). :func:`score_file` is the same report as a function
+(``skinflint cache score``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import argparse
 import hashlib
 import importlib.util
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +34,7 @@ from services.cache.verifier import (
     DEFAULT_FOLDS,
     DEFAULT_TARGET,
     ArtifactError,
+    Verifier,
     folds,
     load,
     threshold_for,
@@ -42,6 +46,10 @@ from services.shared.validation import summary
 #: What the semantic caches people use today ship (GPTCache, LiteLLM): the baseline to beat.
 FIXED_COSINE = 0.8
 BEST_COSINE_BUDGET = 0.02
+#: Questions this close in embedding space are near copies: pairs holding them share a fold.
+NEAR_DUPLICATE_COSINE = 0.9
+#: The paraphrase set built from MT-Bench, GSM8K and MMLU prompts (scripts/build_paraphrase_pairs.py).
+PARAPHRASE_PAIRS = Path(__file__).resolve().parents[2] / "bench" / "data" / "cache_paraphrases.jsonl"
 
 
 class VerifierSettings(BaseSettings):
@@ -75,9 +83,17 @@ def default_pairs() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data" / "pairs.jsonl"
 
 
+def training_files() -> list[Path]:
+    """What ``train`` learns from by default: fow-cache's pairs and the paraphrase set."""
+    return [default_pairs(), PARAPHRASE_PAIRS]
+
+
 def read_pairs(path: Path) -> tuple[list[Pair], str]:
     """The pairs of a JSONL file and the file's sha256; a bad line is named with its number."""
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise SystemExit(f"{path}: cannot read ({e.strerror})") from None
     pairs = []
     for number, line in enumerate(data.decode().splitlines(), start=1):
         if not line.strip():
@@ -91,6 +107,17 @@ def read_pairs(path: Path) -> tuple[list[Pair], str]:
     return pairs, hashlib.sha256(data).hexdigest()
 
 
+def read_pair_files(paths: Sequence[Path]) -> tuple[list[Pair], list[str]]:
+    """The pairs of several files, in order, and each file's sha256."""
+    pairs: list[Pair] = []
+    digests = []
+    for path in paths:
+        more, digest = read_pairs(path)
+        pairs += more
+        digests.append(digest)
+    return pairs, digests
+
+
 @dataclass
 class Featurised:
     x: npt.NDArray[np.float64]
@@ -100,29 +127,83 @@ class Featurised:
     categories: list[str]
 
 
-def featurise(pairs: Sequence[Pair]) -> Featurised:
-    """Embeds every distinct text once, then computes each pair's features."""
+def near_duplicate_groups(pairs: Sequence[Pair], vectors: dict[str, npt.NDArray[np.float32]],
+                          near: float = NEAR_DUPLICATE_COSINE) -> list[str]:
+    """A group name per pair, so that cross-validation never splits near copies: pairs sharing
+    a question, or holding two questions at least ``near`` apart in cosine, are joined (and so,
+    transitively, is everything they link). ``vectors`` maps each normalised text to its unit
+    embedding."""
+    texts = sorted(vectors)
+    index = {t: i for i, t in enumerate(texts)}
+    parent = list(range(len(texts)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def join(i: int, j: int) -> None:
+        parent[root(i)] = root(j)
+
+    for p in pairs:
+        join(index[normalise_text(p.a)], index[normalise_text(p.b)])
+    if texts:
+        matrix = np.stack([vectors[t] for t in texts])
+        close_i, close_j = np.nonzero(np.triu(matrix @ matrix.T, k=1) >= near)
+        for i, j in zip(close_i.tolist(), close_j.tolist(), strict=True):
+            join(i, j)
+    return [texts[root(index[normalise_text(p.a)])].lower() for p in pairs]
+
+
+def embed_texts(texts: Sequence[str], *, progress: bool = False, batch: int = 64
+                ) -> dict[str, npt.NDArray[np.float32]]:
+    """Each text's unit embedding (all-MiniLM-L6-v2, as the service computes it), in batches
+    with a progress bar when ``progress``."""
     from services.cache.embedding import Embedder
 
+    embedder = Embedder()
+    chunks = [list(texts[i:i + batch]) for i in range(0, len(texts), batch)]
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(texts), desc="embedding", unit="text", file=sys.stderr)
+    vectors: dict[str, npt.NDArray[np.float32]] = {}
+    for chunk in chunks:
+        vectors.update(zip(chunk, embedder.embed(chunk), strict=True))
+        if progress:
+            bar.update(len(chunk))
+    if progress:
+        bar.close()
+    return vectors
+
+
+def featurise(pairs: Sequence[Pair], *, progress: bool = False) -> Featurised:
+    """Embeds every distinct text once, then computes each pair's features and fold groups."""
     texts = sorted({normalise_text(t) for p in pairs for t in (p.a, p.b)})
-    vectors = dict(zip(texts, Embedder().embed(texts), strict=True))
+    vectors = embed_texts(texts, progress=progress)
     cosine = np.array([float(vectors[normalise_text(p.a)] @ vectors[normalise_text(p.b)]) for p in pairs])
     x = np.array([pair_features(p.a, p.b, c) for p, c in zip(pairs, cosine, strict=True)], dtype=np.float64)
     return Featurised(
         x=x, same=np.array([p.same_answer for p in pairs]), cosine=cosine,
-        groups=[normalise_text(p.a).lower() for p in pairs], categories=[p.category for p in pairs],
+        groups=near_duplicate_groups(pairs, vectors), categories=[p.category for p in pairs],
     )
 
 
-def cross_validated_hits(data: Featurised, *, target: float, k: int) -> npt.NDArray[np.bool_]:
-    """Each fold decided by a verifier trained and calibrated (inner folds) on the others."""
+def cross_validated_hits(data: Featurised, *, target: float, k: int,
+                         decide: Callable[[Verifier, npt.NDArray[np.bool_]], npt.NDArray[np.bool_]] | None = None,
+                         ) -> npt.NDArray[np.bool_]:
+    """Each fold decided by a verifier trained and calibrated (inner folds) on the others only.
+    ``decide(verifier, held)`` may decide the held-out rows itself (the bench passes one that
+    calls :meth:`Verifier.decide` pair by pair); by default the verifier's vectorised
+    :meth:`Verifier.accepts` on the same features does."""
     fold = folds(data.groups, k)
     accepted = np.zeros(len(data.same), dtype=bool)
     for f in np.unique(fold):
         held = fold == f
         rest = [g for g, h in zip(data.groups, held, strict=True) if not h]
         verifier = train(data.x[~held], data.same[~held], rest, target=target, k=k)
-        accepted[held] = verifier.score(data.x[held]) > verifier.threshold
+        accepted[held] = decide(verifier, held) if decide else verifier.accepts(data.x[held])
     return accepted
 
 
@@ -158,41 +239,66 @@ def baselines(data: Featurised) -> dict[str, npt.NDArray[np.bool_]]:
 def cmd_train(args: argparse.Namespace, settings: VerifierSettings) -> None:
     target = settings.target_false_hit_rate if args.target is None else args.target
     out = args.out or settings.verifier_file
-    pairs, digest = read_pairs(args.pairs)
+    pairs, digests = read_pair_files(args.pairs)
     data = featurise(pairs)
-    verifier = train(data.x, data.same, data.groups, target=target, k=args.folds, data_hash=digest)
+    combined = hashlib.sha256(" ".join(digests).encode()).hexdigest()
+    verifier = train(data.x, data.same, data.groups, target=target, k=args.folds, data_hash=combined,
+                     sources=digests)
     verifier.save(out)
     figures = verifier.trained_on
-    print(f"[verifier] {out}: {len(pairs)} pairs from {args.pairs}, target false-hit rate {target:.1%}, "
+    sources = " + ".join(str(p) for p in args.pairs)
+    print(f"[verifier] {out}: {len(pairs)} pairs from {sources}, target false-hit rate {target:.1%}, "
           f"threshold {verifier.threshold:.3f}; out-of-fold hit rate {figures['oof_hit_rate']:.1%}, "
           f"false-hit rate {figures['oof_false_hit_rate']:.1%}")
     for name, w in sorted(zip(FEATURE_NAMES, verifier.model.weights, strict=True), key=lambda t: -abs(t[1])):
         print(f"  {name:28s} {w:+.3f}")
 
 
-def cmd_score(args: argparse.Namespace, settings: VerifierSettings) -> None:
-    target = settings.target_false_hit_rate if args.target is None else args.target
-    pairs, digest = read_pairs(args.file)
+def score_file(path: Path, *, cv: bool = False, folds: int = DEFAULT_FOLDS, target: float | None = None,
+               verifier_path: Path | None = None) -> str:
+    """The report ``score`` prints for ``path``: hit and false-hit rates overall and per category
+    for the verifier (the artifact at ``verifier_path``, or with ``cv`` verifiers trained and
+    calibrated on the other folds of the file itself), a fixed 0.8 cosine threshold and the best
+    single cosine threshold at <= 2% false hits. ``target`` defaults to the configured
+    ``SF_CACHE_TARGET_FALSE_HIT_RATE`` (with ``cv``) and must match the artifact's otherwise.
+    Raises SystemExit with a message naming the file or artifact when either is unusable."""
+    settings = _settings()
+    pairs, digest = read_pairs(path)
     data = featurise(pairs)
-    if args.cv:
-        label = f"verifier ({args.folds}-fold cv, target {target:.1%})"
-        accepted = cross_validated_hits(data, target=target, k=args.folds)
-        print(f"{args.file}: {len(pairs)} pairs, cross-validated ({args.folds} folds, grouped by first question)")
+    lines = []
+    if cv:
+        target = settings.target_false_hit_rate if target is None else target
+        label = f"verifier ({folds}-fold cv, target {target:.1%})"
+        accepted = cross_validated_hits(data, target=target, k=folds)
+        lines.append(f"{path}: {len(pairs)} pairs, cross-validated ({folds} folds, grouped by question "
+                     "and near copies)")
     else:
-        path = args.verifier or settings.verifier_file
+        artifact = verifier_path or settings.verifier_file
         try:
-            verifier = load(path)
+            verifier = load(artifact, target=target)
         except ArtifactError as e:
             raise SystemExit(str(e)) from None
         accepted = np.array([
             verifier.decide(p.a, p.b, float(c)).hit for p, c in zip(pairs, data.cosine, strict=True)
         ])
         label = f"verifier (target {verifier.target:.1%})"
-        print(f"{args.file}: {len(pairs)} pairs, verifier {path} (threshold {verifier.threshold:.3f})")
-        if verifier.trained_on.get("sha256") == digest:
-            print("  note: the verifier was trained on this file, so these figures are in-sample; "
-                  "`--cv` gives cross-validated ones")
-    print(table(data, {label: accepted, **baselines(data)}))
+        lines.append(f"{path}: {len(pairs)} pairs, verifier {artifact} (threshold {verifier.threshold:.3f})")
+        if digest in verifier.trained_on.get("sources", []) or digest == verifier.trained_on.get("sha256"):
+            lines.append("  note: the verifier was trained on this file, so these figures are in-sample; "
+                         "`--cv` gives cross-validated ones")
+    lines.append(table(data, {label: accepted, **baselines(data)}))
+    return "\n".join(lines)
+
+
+def cmd_score(args: argparse.Namespace, settings: VerifierSettings) -> None:
+    print(score_file(args.file, cv=args.cv, folds=args.folds, target=args.target, verifier_path=args.verifier))
+
+
+def _settings() -> VerifierSettings:
+    try:
+        return VerifierSettings()
+    except ValidationError as e:
+        raise SystemExit(f"cache verifier settings: {summary(e)}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -200,23 +306,21 @@ def main(argv: Sequence[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="fit and calibrate, write the artifact")
-    p_train.add_argument("--pairs", type=Path, default=None, help="JSONL pairs (default: fow-cache's)")
+    p_train.add_argument("--pairs", type=Path, nargs="+", default=None,
+                         help="JSONL pair files (default: fow-cache's and bench/data/cache_paraphrases.jsonl)")
     p_train.add_argument("--out", type=Path, default=None, help="artifact path (default: SF_CACHE_VERIFIER_FILE)")
     p_score = sub.add_parser("score", help="hit and false-hit rates on a JSONL pair file")
     p_score.add_argument("file", type=Path)
     p_score.add_argument("--cv", action="store_true", help="cross-validate on FILE instead of using the artifact")
     p_score.add_argument("--verifier", type=Path, default=None, help="artifact path (default: SF_CACHE_VERIFIER_FILE)")
     for p in (p_train, p_score):
-        p.add_argument("--target", type=float, default=None,
-                       help="false-hit rate to calibrate to (default: SF_CACHE_TARGET_FALSE_HIT_RATE, 0.01)")
+        p.add_argument("--target", type=float, default=None, help="false-hit rate to calibrate to "
+                       f"(default: SF_CACHE_TARGET_FALSE_HIT_RATE, {DEFAULT_TARGET})")
         p.add_argument("--folds", type=int, default=DEFAULT_FOLDS)
     args = parser.parse_args(argv)
-    try:
-        settings = VerifierSettings()
-    except ValidationError as e:
-        raise SystemExit(f"cache verifier settings: {summary(e)}") from None
+    settings = _settings()
     if args.command == "train":
-        args.pairs = args.pairs or default_pairs()
+        args.pairs = args.pairs or training_files()
         cmd_train(args, settings)
     else:
         cmd_score(args, settings)

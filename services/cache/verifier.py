@@ -3,10 +3,11 @@ target false-hit rate.
 
 Contract. :meth:`Verifier.decide` takes the new question, a cached question and the cosine of
 their embeddings and says whether the cached answer may be served. The weights come from
-labelled pairs (``fow-cache``'s ``data/pairs.jsonl``: ``a``, ``b``, ``same_answer``,
-``category``); the threshold is chosen on *out-of-fold* scores (grouped k-fold
-cross-validation: each pair is scored by a model that never saw it, nor any pair sharing its
-first question) as the lowest that accepts at most ``target`` of the pairs that must not hit.
+labelled pairs (``a``, ``b``, ``same_answer``, ``category``: ``fow-cache``'s ``data/pairs.jsonl``
+and ``bench/data/cache_paraphrases.jsonl``); the threshold is chosen on *out-of-fold* scores
+(grouped k-fold cross-validation: each pair is scored by a model that never saw it, nor any pair
+sharing a question with it or holding a near copy of one) as the lowest that accepts at most
+``target`` of the pairs that must not hit.
 Everything the decision needs (feature names, standardisation, weights, threshold, target, the
 training data's hash) is one JSON artifact, built at set-up (``python -m services.cache.verifier
 train``, see ``make install``) and loaded by the service at start; it is never committed.
@@ -31,8 +32,11 @@ import numpy.typing as npt
 from services.cache.features import FEATURE_NAMES, pair_features
 
 ARTIFACT_VERSION = 1
-DEFAULT_ARTIFACT = Path(__file__).resolve().parents[2] / ".models" / "cache-verifier.json"
-DEFAULT_TARGET = 0.01
+DEFAULT_ARTIFACT: Path = Path(__file__).resolve().parents[2] / ".models" / "cache-verifier.json"
+#: Half the issue's 2% budget and a quarter of it again: the budget holds in *every* category of
+#: question, and a category of ~75 pairs that must not hit allows one false hit; calibrated to 1%
+#: overall, cross-validation still let two through in one category now and then.
+DEFAULT_TARGET: float = 0.005
 DEFAULT_FOLDS = 10
 DEFAULT_L2 = 3.0
 #: Chosen by nested cross-validation on fow-cache's pairs (1, 3, 10 tried; 10 kept most true
@@ -149,8 +153,14 @@ class Verifier:
     def score(self, features: Matrix) -> Vector:
         return self.model.scores(features)
 
+    def accepts(self, features: Matrix) -> npt.NDArray[np.bool_]:
+        """:meth:`decide` for many rows of :func:`pair_features` at once (same scores, same rule)."""
+        return np.asarray(self.score(features) > self.threshold)
+
     def decide(self, query: str, cached: str, cosine: float) -> Decision:
-        """Whether ``cached``'s answer may be served for ``query``."""
+        """Whether ``cached``'s answer may be served for ``query``. Cheap enough for the request
+        path: pure Python and one dot product (tenths of a millisecond; ``bench/cache_quality.py``
+        measures it)."""
         s = float(self.score(np.array([pair_features(query, cached, cosine)]))[0])
         return Decision(hit=s > self.threshold, score=s, cosine=cosine)
 
@@ -169,8 +179,10 @@ class Verifier:
 
 
 def train(x: Matrix, y: npt.NDArray[np.bool_], groups: Sequence[str], *, target: float = DEFAULT_TARGET,
-          k: int = DEFAULT_FOLDS, l2: float = DEFAULT_L2, data_hash: str = "") -> Verifier:
-    """Weights from every row, threshold from out-of-fold scores (see the module docstring)."""
+          k: int = DEFAULT_FOLDS, l2: float = DEFAULT_L2, data_hash: str = "", sources: Sequence[str] = ()
+          ) -> Verifier:
+    """Weights from every row, threshold from out-of-fold scores (see the module docstring).
+    ``data_hash`` and ``sources`` (each training file's sha256) are recorded as provenance."""
     fold = folds(groups, k)
     oof = out_of_fold_scores(x, y, fold, l2)
     threshold = threshold_for(oof, y, target)
@@ -181,7 +193,8 @@ def train(x: Matrix, y: npt.NDArray[np.bool_], groups: Sequence[str], *, target:
     }
     return Verifier(
         model=fit_logistic(x, y, l2), threshold=threshold, target=target,
-        trained_on={"sha256": data_hash, "rows": len(y), "folds": k, "l2": l2, **figures},
+        trained_on={"sha256": data_hash, "sources": list(sources), "rows": len(y), "folds": k, "l2": l2,
+                    **figures},
     )
 
 

@@ -149,3 +149,81 @@ def test_one_as_a_pronoun_is_not_a_number() -> None:
     f = feats("How do I order a replacement debit card?", "Hi, quick one: how do I order a replacement debit card?")
     assert f["number_mismatch"] == 0.0 and f["typo_only"] == 1.0
     assert feats("A table for two", "A table for three")["number_mismatch"] == 1.0
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    ("It cost $76,000", "It cost 76000 dollars"),
+    ("She charges $15.00 per student", "She charges $15 per student"),
+    ("Cody eats 1/3 of them", "Cody eats a third of them"),
+    ("Half of them got off", "0.5 of them got off"),
+    ("He sold it within 1 week", "He sold it within a week"),
+])
+def test_one_number_many_spellings(a: str, b: str) -> None:
+    assert feats(a, b)["number_mismatch"] == 0.0
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    ("Find the value of f(2)", "Find the value of f(-2)"),
+    ("Remind me at 7am", "Remind me at 7pm"),
+    ("She gave 1/3 to Bill", "She gave 2/3 to Bill"),
+])
+def test_signs_clock_times_and_fractions_are_numbers(a: str, b: str) -> None:
+    assert feats(a, b)["number_mismatch"] == 1.0
+
+
+def test_ordinal_first_and_once_are_not_numbers() -> None:
+    assert analyse("First question: what's your favourite part?").numbers == frozenset()
+    assert analyse("What happens once I've been here five years?").numbers == {"5"}
+    assert analyse("She eats a third of them; the third person waits").numbers == {"0.333333", "3rd"}
+
+
+def test_dates_and_units_of_time() -> None:
+    assert feats("Is the clinic open on Sundays?", "Can I come to the clinic on a Sunday?")["date_mismatch"] == 0.0
+    assert feats("I am late", "I was late")["date_mismatch"] == 0.0  # "am" the verb is no time
+    assert feats("How much per week?", "How much per day?")["unit_mismatch"] == 1.0
+    assert feats("Annual fee?", "Yearly fee?")["unit_mismatch"] == 0.0
+
+
+def test_synonyms_are_the_same_word() -> None:
+    assert is_typo("fastest", "quickest") and is_typo("street", "road")
+    assert not is_typo("students", "nonprofits")
+    f = feats("How do I update my address?", "How do I change my address?")
+    assert f["typo_only"] == 1.0 and f["diff_blocks"] == 0.0
+
+
+def test_opposite_particles_count_only_facing_each_other() -> None:
+    assert feats("How do I opt in to the pension?", "How do I opt out of the pension?")["antonym"] == 1.0
+    # A rewording moves "to" and "from" freely.
+    assert feats("How do I request a reference from my employer?",
+                 "How do I ask my old company to provide a reference?")["antonym"] == 0.0
+
+
+def test_direction_swap() -> None:
+    assert feats("How do I transfer my ISA from Hargreaves Lansdown to Vanguard?",
+                 "I want to move my Vanguard ISA over to Hargreaves Lansdown")["direction_swap"] == 1.0
+    assert feats("How much is a return ticket from London to Manchester?",
+                 "What's the price of a London to Manchester return?")["direction_swap"] == 0.0
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    ("How do I increase my pension contributions?", "I want to pay less into my pension, how?"),
+    ("Which schools are rated outstanding?", "Which schools were judged inadequate?"),
+    ("When can my employer lawfully make deductions?", "Which deductions would be illegal?"),
+])
+def test_polarity(a: str, b: str) -> None:
+    assert feats(a, b)["polarity_mismatch"] == 1.0
+
+
+def test_diff_sees_one_changed_stretch_in_a_near_copy() -> None:
+    a = "Jeff and Brad split 100 dollars. Jeff gets 4 times as much as Brad. How much does Jeff get?"
+    f = feats(a, a.replace("does Jeff get", "does Brad get"))
+    assert f["single_change"] == 1.0 and f["substitutions"] == 1.0 and f["insertions"] == 0.0
+    assert f["diff_ratio"] > 0.9
+    reworded = feats("What is the main contrast between the short-run and long-run Phillips curve?",
+                     "How does the short-run Phillips curve differ from the long-run one?")
+    assert reworded["diff_blocks"] >= 2 and reworded["diff_ratio"] < 0.8
+
+
+def test_request_words_are_not_content() -> None:
+    f = feats("What is the Marshall Plan?", "Can you explain what the Marshall Plan is?")
+    assert f["unmatched_content"] == 0.0 and f["diff_blocks"] == 0.0
