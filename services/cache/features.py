@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from difflib import SequenceMatcher
@@ -274,12 +275,14 @@ def _same_name(a: str, b: str) -> bool:
     """A misspelt name is the same name only when it is long and one edit away: short names a
     letter apart are other names (Mary / Mark), and so are longer ones two apart (Australia /
     Austria)."""
-    return a == b or (min(len(a), len(b)) >= 6 and not any(c.isdigit() for c in a + b)
-                      and edit_distance(a, b, limit=1) <= 1)
+    return a == b or (min(len(a), len(b)) >= 6 and abs(len(a) - len(b)) <= 1
+                      and not any(c.isdigit() for c in a + b) and edit_distance(a, b, limit=1) <= 1)
 
 
 def _entity_in(entity: str, other: Text) -> bool:
     """Whether ``other`` names ``entity`` too (see :func:`_same_name`)."""
+    if entity in other.entities or entity in other.words:
+        return True
     return any(_same_name(entity, _strip_possessive(n)) for n in other.entities | other.words)
 
 
@@ -324,7 +327,9 @@ def _opposite_leaning(x: frozenset[str], y: frozenset[str], one: frozenset[str],
 def _is_rotation(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     """``b`` is ``a`` with a block moved to the front ("For a delayed train, how do I claim a
     refund?"): a clause moved whole, which keeps the meaning, unlike two words swapped."""
-    return len(a) == len(b) and any(b == a[k:] + a[:k] for k in range(1, len(a)))
+    if len(a) != len(b) or a == b:
+        return False
+    return f" {' '.join(b)} " in f" {' '.join(a + a)} "
 
 
 def _order_swaps(a: tuple[str, ...], b: tuple[str, ...]) -> float:
@@ -332,7 +337,8 @@ def _order_swaps(a: tuple[str, ...], b: tuple[str, ...]) -> float:
     ("from MySQL to Postgres" / "from Postgres to MySQL"); a clause moved whole counts nothing."""
     if _is_rotation(_content(a), _content(b)):
         return 0.0
-    shared = [t for t in a if a.count(t) == 1 and b.count(t) == 1 and t not in STOPWORDS and t not in FILLERS]
+    count_a, count_b = Counter(a), Counter(b)
+    shared = [t for t in a if count_a[t] == 1 and count_b[t] == 1 and t not in STOPWORDS and t not in FILLERS]
     position = {t: b.index(t) for t in shared}
     pairs = [(u, v) for i, u in enumerate(shared) for v in shared[i + 1:]]
     if not pairs:
