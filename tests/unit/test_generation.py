@@ -10,28 +10,12 @@ from pathlib import Path
 import pytest
 
 from contracts.subjects import Priority
-from contracts.v1 import ChatMessage, Chunk, ErrorReply, Final, TaskEnvelope, UsageEvent
+from contracts.v1 import ChatMessage, Chunk, ErrorReply, Final, TaskEnvelope
 from services.worker.generation import ENGINE_PRIORITY, WorkerIdentity, answer
-from tests.support.fakes import REPLY, FakeEngine
+from tests.support.fakes import REPLY, FakeEngine, ListSink
 
 pytestmark = pytest.mark.unit
 WHO = WorkerIdentity("w1", "small", "smollm2-135m", default_max_tokens=64)
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.replies: list[Chunk | Final | ErrorReply] = []
-        self.usages: list[UsageEvent] = []
-        #: Everything sent, in order: ("reply", type name) or ("usage", status).
-        self.sent: list[tuple[str, str]] = []
-
-    async def reply(self, env: TaskEnvelope, message: Chunk | Final | ErrorReply) -> None:
-        self.replies.append(message)
-        self.sent.append(("reply", type(message).__name__))
-
-    async def usage(self, event: UsageEvent) -> None:
-        self.usages.append(event)
-        self.sent.append(("usage", event.status))
 
 
 class BrokenTemplate(FakeEngine):
@@ -88,8 +72,10 @@ async def test_a_renderer_that_raises_answers_at_once_naming_the_request_and_rec
 @pytest.mark.parametrize("stream", [False, True])
 async def test_the_usage_event_goes_out_before_the_last_reply(stream: bool) -> None:
     sink = ListSink()
-    await answer(envelope(max_tokens=3, stream=stream), FakeEngine(), sink, WHO)
-    assert sink.sent[-2:] == [("usage", "ok"), ("reply", "Final")]
+    env = envelope(max_tokens=3, stream=stream)
+    await answer(env, FakeEngine(), sink, WHO)
+    # The answer is offered to the cache last of all, after the client has it.
+    assert sink.sent[-3:] == [("usage", "ok"), ("reply", "Final"), ("announce", env.request_id)]
     assert [kind for kind, _ in sink.sent].count("usage") == 1
 
 
@@ -124,3 +110,18 @@ async def test_bulk_runs_behind_interactive_in_the_engine() -> None:
     await answer(bulk, engine, ListSink(), WHO)
     assert engine.priorities == [ENGINE_PRIORITY[Priority.INTERACTIVE], ENGINE_PRIORITY[Priority.BULK]]
     assert ENGINE_PRIORITY[Priority.INTERACTIVE] < ENGINE_PRIORITY[Priority.BULK]
+
+
+async def test_only_a_whole_answer_the_cache_asked_for_is_announced_and_it_carries_the_cache_note() -> None:
+    asked = envelope(max_tokens=3)
+    assert asked.cache is not None and asked.cache.fill
+    sink = ListSink()
+    final = await answer(asked, FakeEngine(), sink, WHO)
+    assert isinstance(final, Final) and sink.announced == [final] and final.cache == asked.cache
+    [usage] = sink.usages
+    assert usage.cache_outcome == asked.cache.outcome.value
+    for env, engine in ((envelope(max_tokens=3).model_copy(update={"cache": None}), FakeEngine()),
+                        (envelope(max_tokens=8), FakeEngine(fail_after=2))):
+        sink = ListSink()
+        await answer(env, engine, sink, WHO)
+        assert sink.announced == []

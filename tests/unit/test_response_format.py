@@ -9,29 +9,17 @@ from typing import Any
 
 import pytest
 
-from contracts.v1 import Chunk, ErrorReply, Final, TaskEnvelope, UsageEvent
+from contracts.v1 import ErrorReply, Final, TaskEnvelope
 from services.ingress.gateway import parse_chat_request
 from services.shared.errors import BadRequest
 from services.worker.generation import WorkerIdentity, answer, plan
-from tests.support.fakes import FakeEngine
+from tests.support.fakes import FakeEngine, ListSink
 
 pytestmark = pytest.mark.unit
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "v1"
 WHO = WorkerIdentity("w1", "small", "smollm2-135m", default_max_tokens=64)
 CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
         "additionalProperties": False}
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.replies: list[Chunk | Final | ErrorReply] = []
-        self.usages: list[UsageEvent] = []
-
-    async def reply(self, env: TaskEnvelope, message: Chunk | Final | ErrorReply) -> None:
-        self.replies.append(message)
-
-    async def usage(self, event: UsageEvent) -> None:
-        self.usages.append(event)
 
 
 def _chat(response_format: Any) -> dict[str, Any]:
