@@ -32,7 +32,7 @@ err = Console(stderr=True)
 UrlOption = Annotated[str, typer.Option("--url", envvar="SKINFLINT_URL", help="Ingress base URL.")]
 KeyOption = Annotated[str, typer.Option("--api-key", envvar="SKINFLINT_API_KEY", help="API key (Bearer).")]
 Target = Annotated[float | None, typer.Option(
-    help="False-hit rate to calibrate to (default: SF_CACHE_TARGET_FALSE_HIT_RATE, 0.01).")]
+    help="False-hit rate to calibrate to (default: SF_CACHE_TARGET_FALSE_HIT_RATE, 0.005).")]
 
 
 @cache_app.command("score")
