@@ -28,6 +28,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.cache.embedding import DEFAULT_MODEL_DIR
 from services.cache.features import FEATURE_NAMES, pair_features
 from services.cache.verifier import (
     DEFAULT_ARTIFACT,
@@ -62,6 +63,10 @@ class VerifierSettings(BaseSettings):
         description="Share of pairs that must not hit which the verifier may accept, on out-of-fold scores.",
     )
     verifier_file: Path = Field(default=DEFAULT_ARTIFACT, description="The calibration artifact.")
+    embedder_dir: Path = Field(
+        default=DEFAULT_MODEL_DIR, validation_alias="SF_EMBEDDER_DIR",
+        description="all-MiniLM-L6-v2 as ONNX: the cache service's own setting (SF_EMBEDDER_DIR).",
+    )
 
 
 class Pair(BaseModel):
@@ -156,13 +161,13 @@ def near_duplicate_groups(pairs: Sequence[Pair], vectors: dict[str, npt.NDArray[
     return [texts[root(index[normalise_text(p.a)])].lower() for p in pairs]
 
 
-def embed_texts(texts: Sequence[str], *, progress: bool = False, batch: int = 64
-                ) -> dict[str, npt.NDArray[np.float32]]:
-    """Each text's unit embedding (all-MiniLM-L6-v2, as the service computes it), in batches
-    with a progress bar when ``progress``."""
+def embed_texts(texts: Sequence[str], *, progress: bool = False, batch: int = 64,
+                embedder_dir: Path = DEFAULT_MODEL_DIR) -> dict[str, npt.NDArray[np.float32]]:
+    """Each text's unit embedding (all-MiniLM-L6-v2 in ``embedder_dir``, as the service computes
+    it), in batches with a progress bar when ``progress``."""
     from services.cache.embedding import Embedder
 
-    embedder = Embedder()
+    embedder = Embedder(embedder_dir)
     chunks = [list(texts[i:i + batch]) for i in range(0, len(texts), batch)]
     if progress:
         from tqdm import tqdm
@@ -178,10 +183,11 @@ def embed_texts(texts: Sequence[str], *, progress: bool = False, batch: int = 64
     return vectors
 
 
-def featurise(pairs: Sequence[Pair], *, progress: bool = False) -> Featurised:
+def featurise(pairs: Sequence[Pair], *, progress: bool = False,
+              embedder_dir: Path = DEFAULT_MODEL_DIR) -> Featurised:
     """Embeds every distinct text once, then computes each pair's features and fold groups."""
     texts = sorted({normalise_text(t) for p in pairs for t in (p.a, p.b)})
-    vectors = embed_texts(texts, progress=progress)
+    vectors = embed_texts(texts, progress=progress, embedder_dir=embedder_dir)
     cosine = np.array([float(vectors[normalise_text(p.a)] @ vectors[normalise_text(p.b)]) for p in pairs])
     x = np.array([pair_features(p.a, p.b, c) for p, c in zip(pairs, cosine, strict=True)], dtype=np.float64)
     return Featurised(
@@ -240,7 +246,7 @@ def cmd_train(args: argparse.Namespace, settings: VerifierSettings) -> None:
     target = settings.target_false_hit_rate if args.target is None else args.target
     out = args.out or settings.verifier_file
     pairs, digests = read_pair_files(args.pairs)
-    data = featurise(pairs)
+    data = featurise(pairs, embedder_dir=settings.embedder_dir)
     combined = hashlib.sha256(" ".join(digests).encode()).hexdigest()
     verifier = train(data.x, data.same, data.groups, target=target, k=args.folds, data_hash=combined,
                      sources=digests)
@@ -264,7 +270,7 @@ def score_file(path: Path, *, cv: bool = False, folds: int = DEFAULT_FOLDS, targ
     Raises SystemExit with a message naming the file or artifact when either is unusable."""
     settings = _settings()
     pairs, digest = read_pairs(path)
-    data = featurise(pairs)
+    data = featurise(pairs, embedder_dir=settings.embedder_dir)
     lines = []
     if cv:
         target = settings.target_false_hit_rate if target is None else target
