@@ -68,6 +68,7 @@ class SemanticIndexLike(Protocol):
     async def put(self, tenant: str, partition: str, key: str, vector: Vector, *, question: str,
                   created_at: float, expires_at: float, tags: Sequence[str] = ()) -> None: ...
     async def invalidate(self, *, tenant: str | None = None, tag: str | None = None) -> int: ...
+    def may_hold(self, tenant: str, partition: str) -> bool: ...
 
 
 class EmbedderLike(Protocol):
@@ -148,20 +149,22 @@ class CacheLogic:
         if entry is not None:
             return Match(entry, CacheOutcome.EXACT), None
         question = last_user_text(request)
-        if self.index is None or not question:
+        partition = partition_key(tenant, request)
+        if self.index is None or not question or not self.index.may_hold(tenant, partition):
+            # Nothing to compare with: no embedding on the client's path (learning computes it).
             return None, None
         vector = await self.embed(question)
         t1 = time.perf_counter()
         try:
-            return await self._semantic(tenant, request, question, vector, max_age_s), vector
+            return await self._semantic(tenant, partition, question, vector, max_age_s), vector
         finally:
             metrics.CACHE_LOOKUP_DURATION.labels("semantic").observe(time.perf_counter() - t1)
 
-    async def _semantic(self, tenant: str, request: ChatRequest, question: str,
+    async def _semantic(self, tenant: str, partition: str, question: str,
                         vector: npt.NDArray[np.float32], max_age_s: float | None) -> Match | None:
         assert self.index is not None and self.verifier is not None
-        candidates = await self.index.search(tenant, partition_key(tenant, request), vector,
-                                             limit=self.policy.candidates, max_age_s=max_age_s)
+        candidates = await self.index.search(tenant, partition, vector, limit=self.policy.candidates,
+                                             max_age_s=max_age_s)
         for candidate in candidates:
             if candidate.cosine < self.policy.min_cosine:
                 break  # best first: the rest are further still

@@ -8,11 +8,15 @@ The answer itself lives only in the exact store: a semantic match is served by r
 entry under its exact key, so purging or expiring the exact store can never leave a semantic
 hit behind, and the index holds no answer text.
 
-Qdrant runs embedded (local mode, a folder on disk) by default, or as a server by URL; the same
-client API serves both. Local mode is one process only (it locks its folder) and searches by
-brute force: fine for one cache replica up to the sizes ``bench/cache_latency.py`` reports, a
-server beyond. Point ids are derived from the exact key, so storing the same question again
-replaces its point instead of adding one.
+Qdrant runs embedded (local mode, a folder on disk) by default, or as a server by URL. With a
+server, searches run in Qdrant (HNSW, payload indexes on tenant and partition). Local mode is one
+process only (it locks its folder), and its search checks the payload filter point by point in
+Python: about 58 µs per stored point of every tenant (``bench/cache_scale.py``: 8.6 ms at 100
+points, 0.6 s at 10,000), too slow for the request path. So in local mode Qdrant persists the
+index and this process searches its own copy of it (:class:`Partitions`, loaded at start, kept
+in step on every write: the process is the only writer), by one matrix product per partition.
+Point ids are derived from the exact key, so storing the same question again replaces its point
+instead of adding one.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +52,86 @@ class Candidate:
     created_at: float
 
 
+@dataclass
+class _Partition:
+    """One partition's points, as rows: unit vectors and what a candidate needs."""
+
+    keys: list[str] = field(default_factory=list)
+    questions: list[str] = field(default_factory=list)
+    created: list[float] = field(default_factory=list)
+    expires: list[float] = field(default_factory=list)
+    tags: list[tuple[str, ...]] = field(default_factory=list)
+    vectors: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+
+    def remove(self, keep: npt.NDArray[np.bool_]) -> int:
+        rows = np.flatnonzero(keep).tolist()
+        removed = len(self.keys) - len(rows)
+        if removed:
+            self.keys = [self.keys[i] for i in rows]
+            self.questions = [self.questions[i] for i in rows]
+            self.created = [self.created[i] for i in rows]
+            self.expires = [self.expires[i] for i in rows]
+            self.tags = [self.tags[i] for i in rows]
+            self.vectors = self.vectors[keep]
+        return removed
+
+
+class Partitions:
+    """Local mode's in-process copy of the index, by (tenant, partition): exact cosine search."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self._parts: dict[tuple[str, str], _Partition] = {}
+
+    def __len__(self) -> int:
+        return sum(len(p.keys) for p in self._parts.values())
+
+    def holds(self, tenant: str, partition: str) -> bool:
+        return (tenant, partition) in self._parts
+
+    def put(self, tenant: str, partition: str, key: str, vector: npt.NDArray[np.float32], question: str,
+            created_at: float, expires_at: float, tags: tuple[str, ...]) -> None:
+        part = self._parts.setdefault((tenant, partition), _Partition(
+            vectors=np.zeros((0, self.dim), dtype=np.float32)))
+        if key in part.keys:
+            part.remove(np.array([k != key for k in part.keys], dtype=bool))
+        part.keys.append(key)
+        part.questions.append(question)
+        part.created.append(created_at)
+        part.expires.append(expires_at)
+        part.tags.append(tags)
+        part.vectors = np.vstack([part.vectors, vector.reshape(1, -1)])
+
+    def search(self, tenant: str, partition: str, vector: npt.NDArray[np.float32], *, limit: int, now: float,
+               max_age_s: float | None) -> list[Candidate]:
+        part = self._parts.get((tenant, partition))
+        if part is None or not part.keys:
+            return []
+        scores = part.vectors @ vector
+        live = np.asarray(part.expires) > now
+        if max_age_s is not None:
+            live &= np.asarray(part.created) >= now - max_age_s
+        scores = np.where(live, scores, -np.inf)
+        best = np.argsort(-scores)[:limit]
+        return [Candidate(key=part.keys[i], question=part.questions[i], cosine=float(scores[i]),
+                          created_at=part.created[i]) for i in best.tolist() if np.isfinite(scores[i])]
+
+    def remove(self, *, tenant: str | None = None, tag: str | None = None, expired_at: float | None = None) -> int:
+        removed = 0
+        for (t, name), part in list(self._parts.items()):
+            if tenant is not None and t != tenant:
+                continue
+            gone = np.ones(len(part.keys), dtype=bool)
+            if tag is not None:
+                gone &= np.array([tag in tags for tags in part.tags], dtype=bool)
+            if expired_at is not None:
+                gone &= np.asarray(part.expires) <= expired_at
+            removed += part.remove(~gone)
+            if not part.keys:
+                del self._parts[(t, name)]
+        return removed
+
+
 def point_id(key: str) -> str:
     return str(uuid.uuid5(_POINT_NAMESPACE, key))
 
@@ -61,11 +145,13 @@ class SemanticIndex:
     keeps them apart). Build with :meth:`open`; every method raises the client's errors."""
 
     def __init__(self, client: AsyncQdrantClient, collection: str, dim: int,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *, local: bool = False) -> None:
         self._client = client
         self.collection = collection
         self.dim = dim
         self._clock = clock
+        #: Local mode: the in-process copy searches run on (see the module docstring).
+        self.local: Partitions | None = Partitions(dim) if local else None
 
     @classmethod
     async def open(cls, *, url: str | None, path: Path | None, collection: str, dim: int,
@@ -79,9 +165,32 @@ class SemanticIndex:
             client = AsyncQdrantClient(path=str(path))
         else:
             client = AsyncQdrantClient(location=":memory:")
-        index = cls(client, collection, dim, clock)
+        index = cls(client, collection, dim, clock, local=not url)
         await index._ensure_collection(server=bool(url))
+        if index.local is not None:
+            await index._load()
         return index
+
+    async def _load(self) -> None:
+        """Local mode: read every stored point into the in-process copy (once, at start)."""
+        assert self.local is not None
+        offset: models.ExtendedPointId | None = None
+        while True:
+            points, offset = await self._client.scroll(self.collection, limit=1000, offset=offset,
+                                                       with_payload=True, with_vectors=True)
+            for point in points:
+                payload = point.payload or {}
+                vector = np.asarray(point.vector, dtype=np.float32)
+                self.local.put(str(payload["tenant"]), str(payload["partition"]), str(payload["key"]), vector,
+                               str(payload["question"]), float(payload.get("created_at", 0.0)),
+                               float(payload.get("expires_at", 0.0)), tuple(payload.get("tags") or ()))
+            if offset is None:
+                break
+        log.info("semantic index: %d stored questions loaded from local mode", len(self.local))
+
+    def may_hold(self, tenant: str, partition: str) -> bool:
+        """False when the partition certainly holds nothing (local mode knows; a server is asked)."""
+        return self.local is None or self.local.holds(tenant, partition)
 
     async def _ensure_collection(self, *, server: bool) -> None:
         if not await self._client.collection_exists(self.collection):
@@ -99,6 +208,9 @@ class SemanticIndex:
         """The ``limit`` stored questions of ``tenant``'s ``partition`` nearest ``vector`` that have
         not expired (and are younger than ``max_age_s``), best first."""
         now = self._clock()
+        if self.local is not None:
+            return self.local.search(tenant, partition, np.asarray(vector, dtype=np.float32), limit=limit, now=now,
+                                     max_age_s=max_age_s)
         must: list[models.Condition] = [
             _match("tenant", tenant), _match("partition", partition),
             models.FieldCondition(key="expires_at", range=models.Range(gt=now)),
@@ -126,6 +238,9 @@ class SemanticIndex:
             payload={"tenant": tenant, "partition": partition, "key": key, "question": question,
                      "created_at": created_at, "expires_at": expires_at, "tags": list(tags)},
         )], wait=True)
+        if self.local is not None:  # after the write: the copy never holds what Qdrant does not
+            self.local.put(tenant, partition, key, np.asarray(vector, dtype=np.float32), question, created_at,
+                           expires_at, tuple(tags))
 
     async def _delete(self, conditions: list[models.Condition]) -> int:
         selector = models.Filter(must=conditions) if conditions else models.Filter()
@@ -143,11 +258,16 @@ class SemanticIndex:
             conditions.append(_match("tenant", tenant))
         if tag is not None:
             conditions.append(_match("tags", tag))
+        if self.local is not None:  # before the delete: never a search hit Qdrant no longer holds
+            self.local.remove(tenant=tenant, tag=tag)
         return await self._delete(conditions)
 
     async def sweep_expired(self) -> int:
         """Remove points whose TTL ran out (searches skip them already); returns how many."""
-        return await self._delete([models.FieldCondition(key="expires_at", range=models.Range(lte=self._clock()))])
+        now = self._clock()
+        if self.local is not None:
+            self.local.remove(expired_at=now)
+        return await self._delete([models.FieldCondition(key="expires_at", range=models.Range(lte=now))])
 
     async def count(self) -> int:
         return (await self._client.count(self.collection, exact=True)).count

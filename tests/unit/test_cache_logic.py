@@ -75,6 +75,9 @@ class Index:
                   created_at: float, expires_at: float, tags: Sequence[str] = ()) -> None:
         self.points.append((tenant, partition, key, question, np.asarray(vector, dtype=np.float32)))
 
+    def may_hold(self, tenant: str, partition: str) -> bool:
+        return any((t, p) == (tenant, partition) for t, p, *_ in self.points)
+
     async def invalidate(self, *, tenant: str | None = None, tag: str | None = None) -> int:
         before = len(self.points)
         self.points = [p for p in self.points if tenant is not None and p[0] != tenant]
@@ -125,6 +128,12 @@ def answered(env: TaskEnvelope, text: str = "Paris.", finish: str = "stop") -> A
 
 async def test_a_miss_carries_the_embedding_on_and_a_repeat_is_served_whole() -> None:
     cache = logic()
+    calls = Embedder.calls
+    empty = await cache.lookup(envelope("Capital of Italy?"))
+    # An empty partition: nothing to compare with, so nothing is embedded on the client's path.
+    assert isinstance(empty, Forward) and empty.env.query_embedding is None and Embedder.calls == calls
+    assert await cache.learn(answered(empty.env, text="Rome.")) is FillReason.OK
+    assert Embedder.calls == calls + 1  # learning embeds it, off the client's path
     first = await cache.lookup(envelope("Capital of France?"))
     assert isinstance(first, Forward) and first.env.cache is not None
     assert (first.env.cache.outcome, first.env.cache.fill) == (CacheOutcome.MISS, True)
