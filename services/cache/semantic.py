@@ -26,7 +26,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,27 +52,50 @@ class Candidate:
     created_at: float
 
 
-@dataclass
 class _Partition:
-    """One partition's points, as rows: unit vectors and what a candidate needs."""
+    """One partition's points, as rows: unit vectors (in a buffer that doubles when full, so
+    adding a point is amortised O(1)) and what a candidate needs."""
 
-    keys: list[str] = field(default_factory=list)
-    questions: list[str] = field(default_factory=list)
-    created: list[float] = field(default_factory=list)
-    expires: list[float] = field(default_factory=list)
-    tags: list[tuple[str, ...]] = field(default_factory=list)
-    vectors: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+    def __init__(self, dim: int) -> None:
+        self.keys: list[str] = []
+        self.questions: list[str] = []
+        self.created: list[float] = []
+        self.expires: list[float] = []
+        self.tags: list[tuple[str, ...]] = []
+        #: key -> its row.
+        self.rows: dict[str, int] = {}
+        self._buffer = np.zeros((16, dim), dtype=np.float32)
+
+    @property
+    def vectors(self) -> npt.NDArray[np.float32]:
+        return self._buffer[:len(self.keys)]
+
+    def add(self, key: str, vector: npt.NDArray[np.float32], question: str, created_at: float,
+            expires_at: float, tags: tuple[str, ...]) -> None:
+        n = len(self.keys)
+        if n == len(self._buffer):
+            self._buffer = np.concatenate([self._buffer, np.zeros_like(self._buffer)])
+        self._buffer[n] = vector
+        self.rows[key] = n
+        self.keys.append(key)
+        self.questions.append(question)
+        self.created.append(created_at)
+        self.expires.append(expires_at)
+        self.tags.append(tags)
 
     def remove(self, keep: npt.NDArray[np.bool_]) -> int:
         rows = np.flatnonzero(keep).tolist()
         removed = len(self.keys) - len(rows)
         if removed:
+            kept = self.vectors[keep]
+            self._buffer = np.zeros((max(16, 2 * len(rows)), self._buffer.shape[1]), dtype=np.float32)
+            self._buffer[:len(rows)] = kept
             self.keys = [self.keys[i] for i in rows]
             self.questions = [self.questions[i] for i in rows]
             self.created = [self.created[i] for i in rows]
             self.expires = [self.expires[i] for i in rows]
             self.tags = [self.tags[i] for i in rows]
-            self.vectors = self.vectors[keep]
+            self.rows = {key: i for i, key in enumerate(self.keys)}
         return removed
 
 
@@ -91,16 +114,15 @@ class Partitions:
 
     def put(self, tenant: str, partition: str, key: str, vector: npt.NDArray[np.float32], question: str,
             created_at: float, expires_at: float, tags: tuple[str, ...]) -> None:
-        part = self._parts.setdefault((tenant, partition), _Partition(
-            vectors=np.zeros((0, self.dim), dtype=np.float32)))
-        if key in part.keys:
-            part.remove(np.array([k != key for k in part.keys], dtype=bool))
-        part.keys.append(key)
-        part.questions.append(question)
-        part.created.append(created_at)
-        part.expires.append(expires_at)
-        part.tags.append(tags)
-        part.vectors = np.vstack([part.vectors, vector.reshape(1, -1)])
+        part = self._parts.get((tenant, partition))
+        if part is None:
+            part = self._parts[(tenant, partition)] = _Partition(self.dim)
+        row = part.rows.get(key)
+        if row is not None:
+            keep = np.ones(len(part.keys), dtype=bool)
+            keep[row] = False
+            part.remove(keep)
+        part.add(key, vector, question, created_at, expires_at, tags)
 
     def search(self, tenant: str, partition: str, vector: npt.NDArray[np.float32], *, limit: int, now: float,
                max_age_s: float | None) -> list[Candidate]:
