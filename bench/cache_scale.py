@@ -184,7 +184,7 @@ def scale_report(rows: Sequence[ScaleRow], target_ms: float,
              cc.quantile_interval(r.search_ms, 50), 1), common.fmt(max(r.search_ms), 1),
              common.fmt(p50(r.lookup_hit_ms, 50), 1), common.fmt(p50(r.lookup_miss_ms, 50), 1),
              str(len(r.search_ms)), common.fmt(p50(r.put_ms, 50), 2) if r.put_ms else "-"] for r in rows]
-    lines = ["Part 2: one partition in Qdrant local mode (brute force), in this process",
+    lines = ["Part 2: one partition in Qdrant local mode (searched on the process's own copy, brute force)",
              common.table(["entries", "search p50 ms", "90% interval", "search max ms", "lookup hit p50 ms",
                            "lookup miss p50 ms", "reps", "put p50 ms"], body)]
     disk = next((r.disk_put_ms for r in rows if r.disk_put_ms), [])
@@ -210,11 +210,12 @@ def scale_report(rows: Sequence[ScaleRow], target_ms: float,
     biggest = max(rows, key=lambda r: r.entries)
     slowest = p50(biggest.lookup_hit_ms, 50)
     lines += [f"{around}leaving {budget:.1f} ms for CacheLogic.lookup: {where}.",
-              f"Local mode filters every point of the collection (every tenant and partition) in Python and runs "
-              f"on the stage's event loop (it is synchronous): at {biggest.entries:,} entries one lookup takes "
+              f"In local mode the stage searches its own copy of the index by brute force (one matrix product per "
+              f"partition) on its event loop: at {biggest.entries:,} entries in one partition one lookup takes "
               f"{slowest:,.0f} ms, during which the replica serves nothing else (at most ~{1000 / slowest:,.2f} "
-              "lookups/s). Beyond the size above, run Qdrant as a server (SF_QDRANT_URL): HNSW search and the "
-              "payload indexes on tenant and partition that SemanticIndex creates there."]
+              "lookups/s); and only one replica can open a local-mode folder. Beyond the size above, or for "
+              "more than one replica, run Qdrant as a server (SF_QDRANT_URL): HNSW search and the payload "
+              "indexes on tenant and partition that SemanticIndex creates there."]
     lost = sum(r.hits_lost for r in rows)
     checks = [("part 2: every rewording came back as a semantic hit at every size", lost == 0,
                f"{lost} of {sum(len(r.lookup_hit_ms) for r in rows)} did not")]

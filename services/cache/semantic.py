@@ -59,41 +59,48 @@ class _Partition:
     def __init__(self, dim: int) -> None:
         self.keys: list[str] = []
         self.questions: list[str] = []
-        self.created: list[float] = []
-        self.expires: list[float] = []
         self.tags: list[tuple[str, ...]] = []
         #: key -> its row.
         self.rows: dict[str, int] = {}
         self._buffer = np.zeros((16, dim), dtype=np.float32)
+        self._times = np.zeros((16, 2), dtype=np.float64)  # created_at, expires_at
 
     @property
     def vectors(self) -> npt.NDArray[np.float32]:
         return self._buffer[:len(self.keys)]
+
+    @property
+    def created(self) -> npt.NDArray[np.float64]:
+        return self._times[:len(self.keys), 0]
+
+    @property
+    def expires(self) -> npt.NDArray[np.float64]:
+        return self._times[:len(self.keys), 1]
 
     def add(self, key: str, vector: npt.NDArray[np.float32], question: str, created_at: float,
             expires_at: float, tags: tuple[str, ...]) -> None:
         n = len(self.keys)
         if n == len(self._buffer):
             self._buffer = np.concatenate([self._buffer, np.zeros_like(self._buffer)])
+            self._times = np.concatenate([self._times, np.zeros_like(self._times)])
         self._buffer[n] = vector
+        self._times[n] = (created_at, expires_at)
         self.rows[key] = n
         self.keys.append(key)
         self.questions.append(question)
-        self.created.append(created_at)
-        self.expires.append(expires_at)
         self.tags.append(tags)
 
     def remove(self, keep: npt.NDArray[np.bool_]) -> int:
         rows = np.flatnonzero(keep).tolist()
         removed = len(self.keys) - len(rows)
         if removed:
-            kept = self.vectors[keep]
-            self._buffer = np.zeros((max(16, 2 * len(rows)), self._buffer.shape[1]), dtype=np.float32)
-            self._buffer[:len(rows)] = kept
+            kept, times = self.vectors[keep], self._times[:len(self.keys)][keep]
+            size = max(16, 2 * len(rows))
+            self._buffer = np.zeros((size, self._buffer.shape[1]), dtype=np.float32)
+            self._times = np.zeros((size, 2), dtype=np.float64)
+            self._buffer[:len(rows)], self._times[:len(rows)] = kept, times
             self.keys = [self.keys[i] for i in rows]
             self.questions = [self.questions[i] for i in rows]
-            self.created = [self.created[i] for i in rows]
-            self.expires = [self.expires[i] for i in rows]
             self.tags = [self.tags[i] for i in rows]
             self.rows = {key: i for i, key in enumerate(self.keys)}
         return removed
@@ -130,13 +137,17 @@ class Partitions:
         if part is None or not part.keys:
             return []
         scores = part.vectors @ vector
-        live = np.asarray(part.expires) > now
+        live = part.expires > now
         if max_age_s is not None:
-            live &= np.asarray(part.created) >= now - max_age_s
+            live &= part.created >= now - max_age_s
         scores = np.where(live, scores, -np.inf)
-        best = np.argsort(-scores)[:limit]
+        if limit < len(scores):  # the best ``limit`` without sorting them all
+            top = np.argpartition(-scores, limit)[:limit]
+            best = top[np.argsort(-scores[top])]
+        else:
+            best = np.argsort(-scores)
         return [Candidate(key=part.keys[i], question=part.questions[i], cosine=float(scores[i]),
-                          created_at=part.created[i]) for i in best.tolist() if np.isfinite(scores[i])]
+                          created_at=float(part.created[i])) for i in best.tolist() if np.isfinite(scores[i])]
 
     def remove(self, *, tenant: str | None = None, tag: str | None = None, expired_at: float | None = None) -> int:
         removed = 0
@@ -147,7 +158,7 @@ class Partitions:
             if tag is not None:
                 gone &= np.array([tag in tags for tags in part.tags], dtype=bool)
             if expired_at is not None:
-                gone &= np.asarray(part.expires) <= expired_at
+                gone &= part.expires <= expired_at
             removed += part.remove(~gone)
             if not part.keys:
                 del self._parts[(t, name)]
