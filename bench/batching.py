@@ -131,37 +131,36 @@ def main(argv: list[str] | None = None) -> int:
     out = common.run_dir("batching")
     meta: dict[str, Any] = {"args": vars(args), "started": time.time()}
     runs: list[dict[str, Any]] = []
-    target = None
-    complete = False
-    try:
-        base_url = args.url
-        if base_url is None:
-            target = targets.SkinflintTarget(out / "skinflint", targets.EngineSettings(max_num_seqs=args.max_num_seqs))
-            common.log("starting nats-server, a worker and ingress (about a minute)")
-            target.start()
-            base_url = target.base_url
-            common.log(f"skinflint is up at {base_url}")
-        base_url = base_url.rstrip("/").removesuffix("/v1")
-        httpx.get(f"{base_url}/healthz", timeout=5).raise_for_status()
-        meta["url"] = base_url
-        runs = measure(args, base_url)
-        complete = True
-    except httpx.HTTPError as exc:
-        common.log(f"FAILED: skinflint does not answer at {args.url or 'the stack started here'}: {exc}")
-    except RuntimeError as exc:
-        common.log(f"FAILED: {exc}")
-    except KeyboardInterrupt:
-        common.log("interrupted")
-    finally:
-        common.shield_cleanup()
+    target: targets.SkinflintTarget | None = None
+    rows: list[dict[str, Any]] = []
+
+    def clean_up(complete: bool) -> None:
+        nonlocal rows
         if target is not None:
             common.log("stopping the stack")
             target.stop()
         rows = summarise(args, runs) if complete else []
         meta.update(finished=time.time(), complete=complete)
         common.save_json(out / "results.json", {"meta": meta, "summary": rows, "runs": runs})
+
+    with common.attempt(clean_up) as outcome:
+        try:
+            base_url = args.url
+            if base_url is None:
+                target = targets.SkinflintTarget(out / "skinflint",
+                                                 targets.EngineSettings(max_num_seqs=args.max_num_seqs))
+                common.log("starting nats-server, a worker and ingress (about a minute)")
+                target.start()
+                base_url = target.base_url
+                common.log(f"skinflint is up at {base_url}")
+            base_url = base_url.rstrip("/").removesuffix("/v1")
+            httpx.get(f"{base_url}/healthz", timeout=5).raise_for_status()
+            meta["url"] = base_url
+            runs = measure(args, base_url)
+        except httpx.HTTPError as exc:
+            raise RuntimeError(f"skinflint does not answer at {args.url or 'the stack started here'}: {exc}") from exc
     common.log(f"raw results: {out / 'results.json'}")
-    if not complete:
+    if not outcome.complete:
         return 1
     print()
     print(report(args, rows))

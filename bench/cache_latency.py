@@ -291,9 +291,17 @@ def main(argv: list[str] | None = None) -> int:
     meta: dict[str, Any] = {"args": vars(args), "started": time.time(), "loadavg_start": os.getloadavg()}
     summary: dict[str, Any] = {}
     scale: list[ScaleRow] = []
-    stack = None
-    complete = False
-    try:
+    stack: cc.CacheStack | None = None
+
+    def clean_up(complete: bool) -> None:
+        if stack is not None:
+            common.log("stopping every process this run started")
+            stack.stop()
+        meta.update(finished=time.time(), complete=complete, loadavg_end=os.getloadavg())
+        common.save_json(out / "results.json", {"meta": meta, "http": summary,
+                                                "scale": [asdict(r) for r in scale]})
+
+    with common.attempt(clean_up) as outcome:
         common.log("starting nats-server, the cache stage, a worker (fake engine, 0 s/token) and two ingresses")
         stack = cc.start_cache_stack(out / "stack")
         if not args.skip_http:
@@ -302,21 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             bucket = f"sf_bench_scale_{hashlib.sha1(str(out).encode()).hexdigest()[:8]}"
             scale = asyncio.run(measure_scale(args.sizes, stack.stack.nats_url, seed=args.seed, bucket=bucket,
                                               disk_dir=out / "qdrant-disk-puts"))
-        complete = True
-    except RuntimeError as exc:
-        common.log(f"FAILED: {exc}")
-    except KeyboardInterrupt:
-        common.log("interrupted")
-    finally:
-        common.shield_cleanup()
-        if stack is not None:
-            common.log("stopping every process this run started")
-            stack.stop()
-        meta.update(finished=time.time(), complete=complete, loadavg_end=os.getloadavg())
-        common.save_json(out / "results.json", {"meta": meta, "http": summary,
-                                                "scale": [asdict(r) for r in scale]})
     common.log(f"raw results: {out / 'results.json'}")
-    if not complete:
+    if not outcome.complete:
         return 1
     checks: list[tuple[str, bool, str]] = []
     print()

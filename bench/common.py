@@ -13,7 +13,8 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,32 @@ def shield_cleanup() -> None:
     engines behind (stopping takes up to a minute: services drain first)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@dataclass
+class Outcome:
+    """Whether a bench's run got to its end (``attempt`` sets it)."""
+
+    complete: bool = False
+
+
+@contextmanager
+def attempt(clean_up: Callable[[bool], None]) -> Iterator[Outcome]:
+    """The body of one bench run. A ``RuntimeError`` (a process that would not start, a target
+    that failed) or Ctrl-C ends it with a log line instead of a traceback; whatever happens,
+    further signals are then ignored (``shield_cleanup``) and ``clean_up(complete)`` runs: stop
+    what the run started, save what it measured."""
+    outcome = Outcome()
+    try:
+        yield outcome
+        outcome.complete = True
+    except RuntimeError as exc:
+        log(f"FAILED: {exc}")
+    except KeyboardInterrupt:
+        log("interrupted")
+    finally:
+        shield_cleanup()
+        clean_up(outcome.complete)
 
 
 def run_dir(name: str) -> Path:

@@ -245,21 +245,18 @@ def main(argv: list[str] | None = None) -> int:
     common.end_on_sigterm()
     out = common.run_dir("overhead")
     bench = OverheadBench(args, out)
-    complete = False
-    try:
-        bench.run()
-        complete = True
-    except RuntimeError as exc:
-        common.log(f"FAILED: {exc}")
-    except KeyboardInterrupt:
-        common.log("interrupted")
-    finally:
-        common.shield_cleanup()
+    rows: list[Any] = []
+
+    def clean_up(complete: bool) -> None:
+        nonlocal rows
         common.log("stopping every process this run started")
         bench.stop_all()
         rows = bench.save(complete)
+
+    with common.attempt(clean_up) as outcome:
+        bench.run()
     common.log(f"raw results: {out / 'results.json'}")
-    if not complete:
+    if not outcome.complete:
         return 1
     print()
     print(bench.results.report(rows))

@@ -433,9 +433,18 @@ def main(argv: list[str] | None = None) -> int:
     pairs: list[Pair] = []
     summary: dict[str, Any] = {}
     traced: list[Traced] = []
-    stack = None
-    complete = False
-    try:
+    stack: cc.CacheStack | None = None
+
+    def clean_up(complete: bool) -> None:
+        if stack is not None:
+            common.log("stopping every process this run started")
+            stack.stop()
+        meta.update(finished=time.time(), complete=complete, loadavg_end=os.getloadavg())
+        common.save_json(out / "results.json", {"meta": meta, "summary": summary,
+                                                "traced": [asdict(t) for t in traced],
+                                                "pairs": [asdict(p) for p in pairs]})
+
+    with common.attempt(clean_up) as outcome:
         common.log("starting nats-server, accounting, the cache stage, a worker "
                    f"({'fake engine' if args.engine == 'fake' else 'vLLM'}) and two ingresses")
         worker_env = targets.EngineSettings().skinflint_env() if args.engine == "vllm" else None
@@ -453,22 +462,8 @@ def main(argv: list[str] | None = None) -> int:
         stack = None
         traced = asyncio.run(trace_semantic_hits(pairs, args.max_tokens, out / "stack" / "qdrant"))
         summary = summarise(pairs, usage, traced, args.max_tokens) | {"replay_s": replay_s}
-        complete = True
-    except RuntimeError as exc:
-        common.log(f"FAILED: {exc}")
-    except KeyboardInterrupt:
-        common.log("interrupted")
-    finally:
-        common.shield_cleanup()
-        if stack is not None:
-            common.log("stopping every process this run started")
-            stack.stop()
-        meta.update(finished=time.time(), complete=complete, loadavg_end=os.getloadavg())
-        common.save_json(out / "results.json", {"meta": meta, "summary": summary,
-                                                "traced": [asdict(t) for t in traced],
-                                                "pairs": [asdict(p) for p in pairs]})
     common.log(f"raw results: {out / 'results.json'}")
-    if not complete:
+    if not outcome.complete:
         return 1
     return print_report(summary, traced, meta, args.examples)
 
