@@ -97,10 +97,15 @@ class _FrameCache(BaseModel):
     tags: list[str] = Field(default_factory=list)
 
 
+def default(policy: TenantCache) -> CacheControl:
+    """The cache control of a request that says nothing about the cache: the tenant's policy."""
+    return _merge(policy, lookup=True, store=True, max_age_s=None, ttl_s=None, tags=[])
+
+
 def from_frame(value: Any, policy: TenantCache) -> CacheControl:
     """The cache control of a WebSocket frame's ``cache`` object (absent: defaults)."""
     if value is None:
-        return _merge(policy, lookup=True, store=True, max_age_s=None, ttl_s=None, tags=[])
+        return default(policy)
     try:
         frame = _FrameCache.model_validate(value)
     except ValidationError as exc:

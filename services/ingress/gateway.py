@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from contracts.subjects import Priority, reply_subject
 from contracts.v1 import CacheControl, CacheNote, ChatRequest, Chunk, Final, Route, TaskEnvelope
+from services.ingress.cache_control import default as cache_defaults
 from services.ingress.dispatch import Dispatcher
 from services.ingress.fields import refuse_unhonoured
 from services.ingress.observe import Observation
@@ -102,8 +103,7 @@ class Gateway:
             deadline_at=received_at + self.settings.request_timeout_s,
             received_at=received_at,
             optional=list(self.settings.optional_stages),
-            cache_control=cache_control or CacheControl(mode=caller.cache.mode, ttl_s=caller.cache.ttl_s,
-                                                        store_sampled=caller.cache.store_sampled),
+            cache_control=cache_control or cache_defaults(caller.cache),
         )
 
     async def answer(self, caller: Caller, req: ChatRequest, request_id: str,
