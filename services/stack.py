@@ -37,10 +37,21 @@ from services.shared.settings import ServiceSettings, env_name
 ROOT = Path(__file__).resolve().parent.parent
 
 
+#: Ports ``free_port`` has handed out in this process: a port promised to a process that has not
+#: bound it yet is free to the kernel, and must not be promised to a second one.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on now, and never one this process was given before (a service is
+    told its port before it binds it; handing the same port to ingress too made one of them fail)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def port_is_free(port: int) -> bool:
