@@ -63,6 +63,13 @@ CACHE_FILL_SUBJECT = f"{VERSION_PREFIX}.cache.fill"
 #: Request/reply: purge cached answers (``CachePurge`` -> ``CachePurged``); every replica shares the stores.
 CACHE_PURGE_SUBJECT = f"{VERSION_PREFIX}.cache.purge"
 CACHE_FILL_QUEUE_GROUP = "sf-cache-fill"
+
+
+def cache_verdict_subject(worker_id: str) -> str:
+    """Where the cache stage sends its ``CacheVerdict`` on a task worker ``worker_id`` holds pending."""
+    return f"{VERSION_PREFIX}.cache.verdict.{worker_id}"
+
+
 CACHE_PURGE_QUEUE_GROUP = "sf-cache-purge"
 #: The exact cache's JetStream key-value bucket.
 CACHE_EXACT_BUCKET = "SF_CACHE_EXACT"

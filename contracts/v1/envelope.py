@@ -59,6 +59,10 @@ class TaskEnvelope(WireModel):
         default_factory=CacheControl, description="What the request lets the cache do."
     )
     cache: CacheNote | None = Field(default=None, description="What the cache stage did, once it ran.")
+    cache_pending: bool = Field(
+        default=False, description="The cache stage handed the task on before deciding on a semantic match: "
+        "the worker sends nothing (no reply, no usage event) until the stage's CacheVerdict, sent to it, arrives.",
+    )
     query_embedding: list[float] | None = Field(
         default=None, description="Unit embedding of the last user turn, computed once (by the cache stage) "
         "for every later stage.",

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from contracts.subjects import Priority
-from contracts.v1.cache import CacheControl
+from contracts.v1.cache import CacheControl, CacheNote
 from contracts.v1.chat import ChatRequest, WireModel
 from contracts.v1.replies import Final
 
@@ -114,6 +114,21 @@ class AnswerAnnounced(WireModel):
     control: CacheControl = Field(description="What the request lets the cache do.")
     embedding: list[float] | None = Field(default=None, description="The query embedding the cache computed.")
     final: Final = Field(description="The answer.")
+
+
+class CacheVerdict(WireModel):
+    """The cache stage's decision on a task it handed on before deciding (``cache_pending``).
+
+    Sent to the worker that took the task. ``serve``: the cache answered the client itself (a
+    semantic hit); the worker drops its answer unsent and uncharged. Otherwise the worker answers,
+    and records ``note`` (and learns with ``query_embedding``) as if the stage had decided first.
+    """
+
+    request_id: str = Field(description="The task decided on.")
+    serve: bool = Field(description="True: the cache served the answer; the worker sends nothing.")
+    note: CacheNote = Field(description="What the cache stage did, for the worker's usage event and replies.")
+    query_embedding: list[float] | None = Field(
+        default=None, description="The query embedding the stage computed, for learning the model's answer.")
 
 
 class CachePurge(WireModel):

@@ -16,6 +16,13 @@ A lookup, for one task (``CacheLogic.lookup``):
 4. A hit is served (``on``), or only recorded with a digest of the answer it would have served
    (``shadow``: the worker compares the model's answer with it); a miss goes on to the model
    with the embedding on the envelope, and the model's answer is announced back to ``learn``.
+
+Overlap (``LookupPolicy.overlap``, on by default): when step 3 has to run for an interactive task
+bound for inference, the task is handed to the model first (``Overlap``, marked
+``cache_pending``) and step 3 runs while the model starts; the worker holds its output until the
+stage's ``CacheVerdict``. A miss then costs the client the exact read and one hop, not the
+embedding; a semantic hit is served by the stage and the model's work dropped, unsent and
+uncharged (``services.shared.stage``, ``services.worker.generation.VerdictGate``).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from contracts.subjects import INFER_STAGE, Priority
 from contracts.v1 import (
     AnswerAnnounced,
     CacheMode,
@@ -37,7 +45,6 @@ from contracts.v1 import (
     CacheOutcome,
     CachePurge,
     CachePurged,
-    ChatRequest,
     Final,
     TaskEnvelope,
     TokenUsage,
@@ -48,7 +55,7 @@ from services.cache.semantic import Candidate, Vector
 from services.cache.verifier import Decision
 from services.shared import metrics
 from services.shared.canonical import exact_key, last_user_text, partition_key
-from services.shared.stage import Finish, Forward
+from services.shared.stage import Finish, Forward, Overlap
 from services.shared.usage import answer_digest
 
 log = logging.getLogger(__name__)
@@ -85,6 +92,8 @@ class LookupPolicy:
     max_ttl_s: float
     candidates: int = 4
     min_cosine: float = 0.5
+    #: On an exact miss, hand the task to the model before the semantic lookup decides.
+    overlap: bool = True
 
 
 @dataclass(frozen=True)
@@ -113,7 +122,7 @@ class CacheLogic:
         self._clock = clock
 
     # --- the stage: one task ----------------------------------------------------------------
-    async def lookup(self, env: TaskEnvelope) -> Forward | Finish:
+    async def lookup(self, env: TaskEnvelope) -> Forward | Finish | Overlap:
         started = time.perf_counter()
         control = env.cache_control
         fill = control.store and control.mode is not CacheMode.OFF
@@ -122,11 +131,49 @@ class CacheLogic:
             metrics.CACHE_LOOKUPS.labels(control.mode.value, CacheOutcome.BYPASS.value).inc()
             return Forward(env.model_copy(update={"cache": CacheNote(outcome=CacheOutcome.BYPASS, reason=reason,
                                                                       fill=fill)}))
-        match, vector = await self._find(env.tenant, env.request, control.max_age_s)
+        t0 = time.perf_counter()
+        entry = await self.exact.get(env.tenant, exact_key(env.tenant, env.request), control.max_age_s)
+        metrics.CACHE_LOOKUP_DURATION.labels("exact").observe(time.perf_counter() - t0)
+        if entry is not None:
+            return self._conclude(env, Match(entry, CacheOutcome.EXACT), None, started)
+        question = last_user_text(env.request)
+        partition = partition_key(env.tenant, env.request)
+        if self.index is None or not question or not self.index.may_hold(env.tenant, partition):
+            # Nothing to compare with: no embedding on the client's path (learning computes it).
+            return self._conclude(env, None, None, started)
+        semantic = self._semantic_lookup(env, question, partition, started)
+        if self.policy.overlap and self._may_overlap(env):
+            # The model starts on the question while the semantic lookup runs; it holds its answer
+            # until the verdict (a miss then costs the client only the exact read and one hop).
+            metrics.CACHE_OVERLAPS.inc()
+            return Overlap(env.model_copy(update={"cache_pending": True, "cache": None}), semantic)
+        return await semantic
+
+    @staticmethod
+    def _may_overlap(env: TaskEnvelope) -> bool:
+        """Overlap only where the next stage holds the task and the client waits (interactive
+        inference): a bulk task gains nothing by it, and another stage cannot hold a verdict."""
+        return env.priority is Priority.INTERACTIVE and env.itinerary[1:2] == [INFER_STAGE]
+
+    async def _semantic_lookup(self, env: TaskEnvelope, question: str, partition: str,
+                               started: float) -> Forward | Finish:
+        control = env.cache_control
+        vector = await self.embed(question)
+        t1 = time.perf_counter()
+        try:
+            match = await self._semantic(env.tenant, partition, question, vector, control.max_age_s)
+        finally:
+            metrics.CACHE_LOOKUP_DURATION.labels("semantic").observe(time.perf_counter() - t1)
+        return self._conclude(env, match, vector, started)
+
+    def _conclude(self, env: TaskEnvelope, match: Match | None, vector: npt.NDArray[np.float32] | None,
+                  started: float) -> Forward | Finish:
+        """Serve ``match`` (mode on), or hand the task on with what the lookup found."""
+        control = env.cache_control
+        fill = control.store and control.mode is not CacheMode.OFF
         metrics.CACHE_LOOKUP_DURATION.labels("total").observe(time.perf_counter() - started)
         kind = match.kind if match is not None else CacheOutcome.MISS
         metrics.CACHE_LOOKUPS.labels(control.mode.value, kind.value).inc()
-        embedding = None if vector is None else [float(v) for v in vector]
         if match is not None and control.mode is CacheMode.ON:
             metrics.CACHE_HITS.labels(kind.value).inc()
             return Finish(self.replay(env, match))
@@ -137,28 +184,8 @@ class CacheLogic:
             note.shadow_answer_sha256 = answer_digest(match.entry.text)
         elif control.mode is CacheMode.SHADOW:
             note.shadow = "miss"
+        embedding = None if vector is None else [float(v) for v in vector]
         return Forward(env.model_copy(update={"cache": note, "query_embedding": embedding}))
-
-    async def _find(self, tenant: str, request: ChatRequest,
-                    max_age_s: float | None) -> tuple[Match | None, npt.NDArray[np.float32] | None]:
-        """The entry to serve for ``request``, if any, and the query's embedding (when one was
-        computed: a semantic lookup ran)."""
-        t0 = time.perf_counter()
-        entry = await self.exact.get(tenant, exact_key(tenant, request), max_age_s)
-        metrics.CACHE_LOOKUP_DURATION.labels("exact").observe(time.perf_counter() - t0)
-        if entry is not None:
-            return Match(entry, CacheOutcome.EXACT), None
-        question = last_user_text(request)
-        partition = partition_key(tenant, request)
-        if self.index is None or not question or not self.index.may_hold(tenant, partition):
-            # Nothing to compare with: no embedding on the client's path (learning computes it).
-            return None, None
-        vector = await self.embed(question)
-        t1 = time.perf_counter()
-        try:
-            return await self._semantic(tenant, partition, question, vector, max_age_s), vector
-        finally:
-            metrics.CACHE_LOOKUP_DURATION.labels("semantic").observe(time.perf_counter() - t1)
 
     async def _semantic(self, tenant: str, partition: str, question: str,
                         vector: npt.NDArray[np.float32], max_age_s: float | None) -> Match | None:

@@ -78,7 +78,8 @@ class CacheService:
                                                   collection=s.qdrant_collection, dim=DIM)
         self.logic = CacheLogic(exact, self.index, self.embedder, self.verifier,
                                 LookupPolicy(default_ttl_s=s.default_ttl_s, max_ttl_s=s.max_ttl_s,
-                                             candidates=s.candidates, min_cosine=s.min_cosine),
+                                             candidates=s.candidates, min_cosine=s.min_cosine,
+                                             overlap=s.cache_overlap),
                                 instance_id=s.instance_id)
         if self.embedder is not None:
             await self.logic.embed("warm up")  # the first run of an ONNX session is slow

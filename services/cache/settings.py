@@ -33,6 +33,12 @@ class CacheSettings(ServiceSettings):
         default=0.5, ge=-1, le=1,
         description="Candidates less similar than this are not examined (the verifier would reject them).",
     )
+    cache_overlap: bool = Field(
+        default=True,
+        description="On an exact miss, hand an interactive task to the model at once and run the semantic "
+                    "lookup meanwhile; the worker holds its answer until the verdict (SF_CACHE_VERDICT_TIMEOUT_S "
+                    "on the worker), and drops it when the cache serves. False: decide first, then hand on.",
+    )
     cache_target_false_hit_rate: float = Field(
         default=DEFAULT_TARGET, ge=0, lt=1,
         description="The verifier's calibration target; the artifact must be calibrated to it "

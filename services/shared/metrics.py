@@ -121,6 +121,24 @@ CACHE_SHADOW = Counter(
     "would-be hit, whether the model's answer then matched it (match: true, false; n/a for a miss).",
     ["kind", "match"],
 )
+CACHE_OVERLAPS = Counter(
+    "skinflint_cache_overlaps_total",
+    "Exact misses handed to the model before the semantic lookup decided (the worker holds its "
+    "answer until the verdict).",
+)
+CACHE_VERDICTS = Counter(
+    "skinflint_cache_verdicts_total",
+    "Verdicts a worker waited for on tasks handed on before the cache decided: served (the cache "
+    "answered; the model's work was dropped), released (a miss: the model answers), timeout (none "
+    "came in time: the model answers, the cache recorded as skipped).",
+    ["verdict"],
+)
+CACHE_VERDICT_WAIT = Histogram(
+    "skinflint_cache_verdict_wait_seconds",
+    "How long a worker held an answer ready to send, waiting for the cache's verdict (0 when the "
+    "verdict came before the model's first output).",
+    buckets=LOOKUP_BUCKETS_S,
+)
 CACHE_SAVED = Counter(
     "skinflint_cache_saved_usd_total",
     "What the cached answers served had cost when a model made them, priced at their tier.",

@@ -9,14 +9,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from faststream.nats import NatsBroker
 from nats.aio.subscription import Subscription
 
-from contracts.subjects import stage_queue_group, stage_subject
-from contracts.v1 import ErrorReply, Final, HopAck, TaskEnvelope, UsageEvent
+from contracts.subjects import cache_verdict_subject, stage_queue_group, stage_subject
+from contracts.v1 import CacheNote, CacheOutcome, CacheVerdict, ErrorReply, Final, HopAck, TaskEnvelope, UsageEvent
 from services.shared import lane, metrics
 from services.shared.errors import SkinflintError
 from services.shared.slip import StageHop, advance, current_stage, is_optional, mark_arrival, skip_current
@@ -41,7 +42,22 @@ class Finish:
     reply: Final | ErrorReply
 
 
-StageLogic = Callable[[TaskEnvelope], Awaitable[Forward | Finish]]
+@dataclass(frozen=True)
+class Overlap:
+    """Hand the task on now and decide meanwhile (the cache: a semantic lookup runs while the
+    model starts on the question).
+
+    ``env`` goes to the next stage at once, marked ``cache_pending``: its holder sends nothing until
+    it hears the verdict. ``decide`` ends in a ``Finish`` (this stage answers; the holder drops its
+    work unsent and uncharged) or a ``Forward`` (the holder answers, with that envelope's cache note
+    and query embedding). Only for a next stage that holds tasks (inference).
+    """
+
+    env: TaskEnvelope
+    decide: Coroutine[Any, Any, Forward | Finish]
+
+
+StageLogic = Callable[[TaskEnvelope], Awaitable[Forward | Finish | Overlap]]
 
 
 class StageRunner:
@@ -93,6 +109,9 @@ class StageRunner:
                 log.exception("optional stage %s failed on %s; it goes on without it", self.name, env.request_id)
                 outcome = Forward(skip_current(env, "failed", f"{type(exc).__name__}: {exc}"[:200]),
                                   advanced=True)
+            if isinstance(outcome, Overlap):
+                await self._overlap(env, outcome)
+                return
             if isinstance(outcome, Finish):
                 await self._end(env, outcome.reply, "answered" if isinstance(outcome.reply, Final) else "error")
                 return
@@ -108,6 +127,45 @@ class StageRunner:
             await self._end(env, SkinflintError(
                 f"stage {self.name!r} failed; logged with request id {env.request_id}").to_reply(env.request_id),
                 "error")
+
+    async def _overlap(self, env: TaskEnvelope, outcome: Overlap) -> None:
+        """Hand ``outcome.env`` on while ``outcome.decide`` runs; then answer or let the holder answer."""
+        decision = asyncio.create_task(outcome.decide)
+        try:
+            ack, _ = await self._hop.deliver(advance(outcome.env))
+        except SkinflintError:
+            # Nobody holds the task: an answer the decision found still serves the client.
+            result = await self._decided(env, decision)
+            if isinstance(result, Finish):
+                await self._end(env, result.reply, "answered")
+                return
+            raise
+        result = await self._decided(env, decision)
+        if isinstance(result, Finish):
+            await self._end(env, result.reply, "answered" if isinstance(result.reply, Final) else "error")
+            note = result.reply.cache if isinstance(result.reply, Final) else None
+            verdict = CacheVerdict(request_id=env.request_id, serve=True,
+                                   note=note or CacheNote(outcome=CacheOutcome.MISS))
+        else:
+            metrics.STAGE_OUTCOMES.labels(self.name, env.priority.value, "forwarded").inc()
+            verdict = CacheVerdict(request_id=env.request_id, serve=False,
+                                   note=result.env.cache or CacheNote(outcome=CacheOutcome.MISS),
+                                   query_embedding=result.env.query_embedding)
+        try:
+            await lane.publish(self._broker.connection, cache_verdict_subject(ack.instance), verdict)
+        except Exception:
+            # The holder goes on after its own wait for the verdict; the client still gets one answer.
+            log.exception("the verdict on %s could not be sent to %s", env.request_id, ack.instance)
+
+    async def _decided(self, env: TaskEnvelope, decision: asyncio.Task[Forward | Finish]) -> Forward | Finish:
+        """The decision, or, when it failed on an optional stage, the task going on without it."""
+        try:
+            return await decision
+        except Exception as exc:
+            if not is_optional(env, self.name):
+                raise
+            log.exception("optional stage %s failed on %s; it goes on without it", self.name, env.request_id)
+            return Forward(skip_current(env, "failed", f"{type(exc).__name__}: {exc}"[:200]), advanced=True)
 
     async def _end(self, env: TaskEnvelope, reply: Final | ErrorReply, outcome: str) -> None:
         """This stage ends the task: its one usage event first, then the reply (see ``UsagePublisher``)."""

@@ -1,7 +1,9 @@
 """Answering one task with the engine: plain logic, no bus code.
 
 ``answer`` turns an envelope into replies (chunks when streaming, then a final answer or an
-error) and exactly one usage event, whatever happens: finished, failed or aborted.
+error) and exactly one usage event, whatever happens: finished, failed or aborted. A task the
+cache handed on before deciding (``VerdictGate``) sends nothing until the cache's verdict, and
+nothing at all when the cache served the client itself.
 """
 
 from __future__ import annotations
@@ -12,8 +14,12 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from contracts.subjects import Priority
+from contracts.subjects import INFER_STAGE, Priority
 from contracts.v1 import (
+    Accepted,
+    CacheNote,
+    CacheOutcome,
+    CacheVerdict,
     Chunk,
     ErrorReply,
     Final,
@@ -22,6 +28,7 @@ from contracts.v1 import (
     TokenUsage,
     UsageEvent,
 )
+from services.shared import metrics
 from services.shared.errors import BadRequest, SkinflintError
 from services.shared.usage import cache_usage
 from services.worker.engine import Engine, EngineStep, GenerationParams
@@ -35,7 +42,7 @@ ENGINE_PRIORITY = {Priority.INTERACTIVE: 0, Priority.BULK: 10}
 class ReplySink(Protocol):
     """Where the logic's output goes; the bus adapter implements it."""
 
-    async def reply(self, env: TaskEnvelope, message: Chunk | Final | ErrorReply) -> None: ...
+    async def reply(self, env: TaskEnvelope, message: Accepted | Chunk | Final | ErrorReply) -> None: ...
 
     async def usage(self, event: UsageEvent) -> None:
         """Send the task's usage event. Returns once it is on its way ahead of any reply sent
@@ -45,6 +52,53 @@ class ReplySink(Protocol):
     async def announce(self, env: TaskEnvelope, final: Final) -> None:
         """Offer a whole answer to the cache, after the reply (never raises)."""
         ...
+
+
+class Superseded(Exception):
+    """The cache served the client while the model was answering: the answer is dropped."""
+
+
+@dataclass
+class VerdictGate:
+    """Holds a task's output until the cache's verdict (``env.cache_pending``).
+
+    ``settle`` is called before anything would leave the worker (the first chunk, the final
+    answer, an error) and waits for the verdict at most ``timeout_s``: a miss lets the answer
+    out with the cache's note and query embedding (for a streaming request, an ``Accepted``
+    carrying the note goes first, so ingress has it before the text); a served verdict raises
+    ``Superseded``; no verdict in time lets it out with the cache recorded as skipped.
+    """
+
+    verdict: asyncio.Future[CacheVerdict]
+    timeout_s: float
+    worker_id: str
+    settled: bool = False
+
+    async def settle(self, env: TaskEnvelope, sink: ReplySink) -> TaskEnvelope:
+        if self.settled:
+            return env
+        self.settled = True
+        waited = time.monotonic()
+        try:
+            verdict = await asyncio.wait_for(asyncio.shield(self.verdict), self.timeout_s)
+        except TimeoutError:
+            metrics.CACHE_VERDICTS.labels("timeout").inc()
+            log.warning("no cache verdict on %s within %.1f s; answering it as a miss", env.request_id,
+                        self.timeout_s)
+            note = CacheNote(outcome=CacheOutcome.SKIPPED,
+                             reason=f"timeout: no verdict from the cache within {self.timeout_s:g} s")
+            return env.model_copy(update={"cache": note, "cache_pending": False})
+        metrics.CACHE_VERDICT_WAIT.observe(time.monotonic() - waited)
+        if verdict.serve:
+            metrics.CACHE_VERDICTS.labels("served").inc()
+            raise Superseded(env.request_id)
+        metrics.CACHE_VERDICTS.labels("released").inc()
+        env = env.model_copy(update={"cache": verdict.note, "query_embedding": verdict.query_embedding,
+                                     "cache_pending": False})
+        if env.request.stream:
+            await sink.reply(env, Accepted(request_id=env.request_id, stage=INFER_STAGE, instance=self.worker_id,
+                                           cache=verdict.note))
+        return env
 
 
 @dataclass(frozen=True)
@@ -114,8 +168,9 @@ def failure_reply(env: TaskEnvelope, where: str) -> ErrorReply:
 
 
 async def answer(env: TaskEnvelope, engine: Engine, sink: ReplySink, who: WorkerIdentity,
-                 queue_seconds: float = 0.0) -> Final | ErrorReply:
-    """Generate the answer to ``env`` and report it. Returns what was sent as the last reply.
+                 queue_seconds: float = 0.0, gate: VerdictGate | None = None) -> Final | ErrorReply | None:
+    """Generate the answer to ``env`` and report it. Returns what was sent as the last reply
+    (None: the cache served the client, see ``VerdictGate``; nothing was sent or charged).
 
     Contract: whatever happens (a bad request, a template that fails to render, an engine error,
     anything unexpected), the client gets exactly one last reply, a ``Final`` or an
@@ -139,12 +194,20 @@ async def answer(env: TaskEnvelope, engine: Engine, sink: ReplySink, who: Worker
             last = step
             if step.delta:
                 if env.request.stream:
+                    if gate is not None:
+                        env = await gate.settle(env, sink)
                     await sink.reply(env, Chunk(request_id=env.request_id, seq=len(parts), delta=step.delta))
                 parts.append(step.delta)
         timings.engine_finished_at = time.time()
+        if gate is not None:
+            env = await gate.settle(env, sink)
         reply = _final(env, who, "".join(parts), last, len(prompt), queue_seconds, time.monotonic() - started)
         reply.timings = timings
         status = "ok"
+    except Superseded:
+        if in_engine:
+            await asyncio.shield(engine.abort(env.request_id))
+        return None
     except asyncio.CancelledError:
         if in_engine:
             await asyncio.shield(engine.abort(env.request_id))
@@ -164,6 +227,12 @@ async def answer(env: TaskEnvelope, engine: Engine, sink: ReplySink, who: Worker
         else:
             log.exception("preparing request %s failed", env.request_id)
             reply = failure_reply(env, "preparing the prompt")
+    if gate is not None:
+        # A failure found before the verdict waits for it too: the cache may have answered.
+        try:
+            env = await gate.settle(env, sink)
+        except Superseded:
+            return None
     # Usage first, then the reply, on the same connection: see the contract above.
     await asyncio.shield(_report(sink, env, who, status, last, len(prompt) if in_engine else 0,
                                  queue_seconds, started, reply.text if isinstance(reply, Final) else None))

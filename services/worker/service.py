@@ -31,11 +31,13 @@ from contracts.subjects import (
     WORKER_QUEUE_GROUP,
     Priority,
     bulk_durable,
+    cache_verdict_subject,
     infer_subject,
 )
 from contracts.v1 import (
     Accepted,
     AnswerAnnounced,
+    CacheVerdict,
     CancelRequest,
     Chunk,
     ErrorReply,
@@ -55,7 +57,7 @@ from services.shared.usage import UsagePublisher
 from services.shared.validation import summary
 from services.worker.capacity import Capacity
 from services.worker.engine import Engine
-from services.worker.generation import WorkerIdentity, answer
+from services.worker.generation import VerdictGate, WorkerIdentity, answer
 from services.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -74,9 +76,9 @@ class BusSink:
         self._broker = broker
         self.usage_publisher = UsagePublisher(broker, usage_ack_timeout_s)
 
-    async def reply(self, env: TaskEnvelope, message: Chunk | Final | ErrorReply) -> None:
+    async def reply(self, env: TaskEnvelope, message: Accepted | Chunk | Final | ErrorReply) -> None:
         if env.priority is Priority.BULK:
-            if isinstance(message, Chunk):
+            if isinstance(message, Chunk | Accepted):
                 return  # bulk results are stored whole
             await self._broker.publish(
                 message, env.reply_subject, stream=BULK_RESULTS_STREAM.name,
@@ -123,6 +125,9 @@ class WorkerService:
         self._freed = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         self._interactive: Subscription | None = None
+        #: Tasks the cache handed on before deciding, waiting for its verdict (see ``VerdictGate``).
+        self._verdicts: dict[str, asyncio.Future[CacheVerdict]] = {}
+        self._verdict_sub: Subscription | None = None
         self.broker.subscriber(CANCEL_SUBJECT, title="cancel")(self.on_cancel)
         metrics.ENGINE_SLOTS.labels(settings.tier).set(self.capacity.slots)
         # Read off the admission counts when scraped, rather than kept beside them.
@@ -138,6 +143,9 @@ class WorkerService:
         # Sent by ingress itself, the hop ack tells it who holds the task; after other stages,
         # ingress learns it from an Accepted reply.
         announce = bool(env.marks)
+        if env.cache_pending:
+            # Before the ack: the cache sends its verdict only once the ack has reached it.
+            self._verdicts[env.request_id] = asyncio.get_running_loop().create_future()
         self._start(env, Priority.INTERACTIVE, queued_at=time.monotonic(), announce=announce)
         # Let the new task render the prompt and hand it to the engine before the acknowledgement
         # goes out: sending the ack wakes nats-server and ingress, which, where they share cores
@@ -149,6 +157,16 @@ class WorkerService:
     def _refusal(self, reason: str, retry: bool = False) -> HopAck:
         return HopAck(accepted=False, stage=INFER_STAGE, instance=self.identity.worker_id, reason=reason,
                       retry=retry)
+
+    async def _on_verdict_msg(self, msg: Msg) -> None:
+        try:
+            verdict = CacheVerdict.model_validate_json(msg.data)
+        except ValidationError:
+            log.warning("ignoring a malformed cache verdict")
+            return
+        waiting = self._verdicts.get(verdict.request_id)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(verdict)
 
     async def on_cancel(self, msg: CancelRequest) -> None:
         task = self._tasks.get(msg.request_id)
@@ -166,6 +184,7 @@ class WorkerService:
 
         def _finished(_: asyncio.Task[None]) -> None:
             self._tasks.pop(env.request_id, None)
+            self._verdicts.pop(env.request_id, None)
             self.capacity.release(priority)
             self._freed.set()
 
@@ -188,8 +207,11 @@ class WorkerService:
                     log.warning("could not tell ingress that %s is taken; answering anyway", env.request_id)
             with tracer.start_as_current_span(f"infer {self.identity.tier}", attributes={
                     "sf.request_id": env.request_id, "sf.priority": env.priority.value}):
+                verdict = self._verdicts.get(env.request_id)
+                gate = None if verdict is None else VerdictGate(
+                    verdict, self.settings.cache_verdict_timeout_s, self.identity.worker_id)
                 await answer(env, self.engine, self.sink, self.identity,
-                             queue_seconds=time.monotonic() - queued_at)
+                             queue_seconds=time.monotonic() - queued_at, gate=gate)
             ok = True
         except asyncio.CancelledError:
             pass
@@ -316,6 +338,8 @@ class WorkerService:
             self.engine = VllmEngine(self.settings)
         await self.broker.start()
         await ensure_streams(self.broker, (USAGE_STREAM, BULK_STREAM, BULK_RESULTS_STREAM))
+        self._verdict_sub = await self.broker.connection.subscribe(
+            cache_verdict_subject(self.identity.worker_id), cb=self._on_verdict_msg)
         self._interactive = await lane.serve_hops(
             self.broker.connection, infer_subject(self.settings.tier, Priority.INTERACTIVE), WORKER_QUEUE_GROUP,
             self.on_task, self._refusal)

@@ -44,6 +44,11 @@ class WorkerSettings(ServiceSettings):
         description="A usage event (published ahead of its answer, unawaited) whose storage JetStream "
                     "has not acknowledged this long is published again (stored once, by message id).",
     )
+    cache_verdict_timeout_s: float = Field(
+        default=1.0, gt=0,
+        description="A task the cache handed on before deciding: how long the answer may wait for the "
+                    "cache's verdict before it goes out as a miss (the cache recorded as skipped).",
+    )
     bulk_max_deliveries: int = Field(default=5, ge=1, description="Attempts before a bulk item is dropped.")
 
     @model_validator(mode="after")

@@ -378,3 +378,81 @@ async def test_a_cache_that_fails_passes_the_request_on_to_the_model(
     assert r.json()["choices"][0]["message"]["content"]
     events = await usage_events(nats_server.url)
     assert events[r.headers["x-request-id"]]["cache_outcome"] == "skipped"
+
+
+# --- overlap: the model starts on an exact miss while the semantic lookup decides ---------------
+
+def counted(counter: Any, **labels: str) -> float:
+    """A counter's value in this process (the stage and the worker run in it), for ``labels``."""
+    return sum(sample.value for family in counter.collect() for sample in family.samples
+               if sample.name.endswith("_total") and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+async def test_a_semantic_hit_decided_while_the_model_answers_drops_the_models_answer(
+    nats_server: NatsServer, tenants_file: Path, stream: bool
+) -> None:
+    engine = FakeEngine(seconds_per_token=0.05)  # still answering when the verdict comes
+    async with chat_stack(nats_server.url, tenants_file, engine=engine) as (_, client, _cache):
+        stored = await ask(client, chat("What is the capital of France?", temperature=0))
+        answer = stored.json()["choices"][0]["message"]["content"]
+        overlaps, served = counted(metrics.CACHE_OVERLAPS), counted(metrics.CACHE_VERDICTS, verdict="served")
+        body = chat("What's the capital of France?", temperature=0, stream=stream)
+        async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+            headers = r.headers
+            raw = (await r.aread()).decode()
+    if stream:
+        events = [json.loads(line[6:]) for line in raw.splitlines()
+                  if line.startswith("data: ") and line != "data: [DONE]"]
+        text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
+    else:
+        text = json.loads(raw)["choices"][0]["message"]["content"]
+    assert headers["x-skinflint-cache"] == "semantic" and text == answer  # nothing of the model's mixed in
+    assert counted(metrics.CACHE_OVERLAPS) == overlaps + 1
+    assert counted(metrics.CACHE_VERDICTS, verdict="served") == served + 1
+    request_id = headers["x-request-id"]
+    assert request_id in engine.aborted  # the model's work stopped, unsent
+    event = (await usage_events(nats_server.url))[request_id]
+    assert (event["cache_outcome"], event["prompt_tokens"], event["completion_tokens"]) == ("semantic", 0, 0)
+
+
+async def test_a_miss_decided_while_the_model_answers_is_answered_noted_and_learnt(
+    nats_server: NatsServer, tenants_file: Path
+) -> None:
+    async with chat_stack(nats_server.url, tenants_file) as (_, client, _cache):
+        await ask(client, chat("How tall is Mount Everest?", temperature=0))  # the partition holds one
+        released = counted(metrics.CACHE_VERDICTS, verdict="released")
+        miss = await ask(client, chat("Who wrote the novel Don Quixote?", temperature=0))
+        reworded = await ask(client, chat("Who was the author of the novel Don Quixote?", temperature=0))
+    assert outcome(miss) == "miss" and not miss.headers["x-skinflint-served-by"].startswith("cache:")
+    assert counted(metrics.CACHE_VERDICTS, verdict="released") == released + 1
+    # Learnt with the embedding the verdict carried to the worker: a rewording now hits.
+    assert outcome(reworded) == "semantic"
+    assert reworded.json()["choices"][0]["message"]["content"] == miss.json()["choices"][0]["message"]["content"]
+    event = (await usage_events(nats_server.url))[miss.headers["x-request-id"]]
+    assert event["cache_outcome"] == "miss" and event["completion_tokens"] > 0
+
+
+async def test_a_verdict_that_never_comes_in_time_lets_the_model_answer_with_the_cache_skipped(
+    nats_server: NatsServer, tenants_file: Path
+) -> None:
+    async with running_cache(nats_server.url) as cache, \
+            running_worker(nats_server.url, cache_verdict_timeout_s=0.2), \
+            running_ingress(nats_server.url, tenants_file=str(tenants_file),
+                            pipeline=["cache", "infer"]) as (_, client):
+        await ask(client, chat("How tall is Mount Everest?", temperature=0))
+        assert cache.logic is not None
+        decide = cache.logic._semantic
+
+        async def slow(*args: Any, **kwargs: Any) -> Any:
+            await asyncio.sleep(1.0)  # a replica stalled past the worker's wait
+            return await decide(*args, **kwargs)
+
+        cache.logic._semantic = slow  # type: ignore[method-assign]
+        started = time.monotonic()
+        r = await ask(client, chat("Who painted the Mona Lisa?", temperature=0), learnt=False)
+        took = time.monotonic() - started
+    assert outcome(r) == "skipped" and r.json()["choices"][0]["message"]["content"]
+    assert took < 1.0  # the worker's wait, not the stalled lookup
+    event = (await usage_events(nats_server.url))[r.headers["x-request-id"]]
+    assert event["cache_outcome"] == "skipped" and event["completion_tokens"] > 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
-from contracts.v1 import ChatMessage, Chunk, ErrorReply, Final, TaskEnvelope, UsageEvent
+from contracts.v1 import Accepted, ChatMessage, Chunk, ErrorReply, Final, TaskEnvelope, UsageEvent
 from services.worker.engine import EngineStep, GenerationParams, refusal
 
 REPLY = ["Paris", "is", "the", "capital", "of", "France", "and", "its", "largest", "city", "by", "far", "today"]
@@ -62,13 +62,13 @@ class ListSink:
     """The worker's reply sink, in memory: what ``answer`` sent, in order."""
 
     def __init__(self) -> None:
-        self.replies: list[Chunk | Final | ErrorReply] = []
+        self.replies: list[Accepted | Chunk | Final | ErrorReply] = []
         self.usages: list[UsageEvent] = []
         self.announced: list[Final] = []
         #: Everything sent, in order: ("reply", type name), ("usage", status) or ("announce", request id).
         self.sent: list[tuple[str, str]] = []
 
-    async def reply(self, env: TaskEnvelope, message: Chunk | Final | ErrorReply) -> None:
+    async def reply(self, env: TaskEnvelope, message: Accepted | Chunk | Final | ErrorReply) -> None:
         self.replies.append(message)
         self.sent.append(("reply", type(message).__name__))
 

@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from contracts.subjects import Priority
 from contracts.v1 import (
     AnswerAnnounced,
     CacheControl,
@@ -28,7 +29,7 @@ from services.cache.logic import CacheLogic, LookupPolicy
 from services.cache.semantic import Candidate, Vector
 from services.cache.verifier import Decision
 from services.shared.canonical import exact_key, last_user_text, partition_key
-from services.shared.stage import Finish, Forward
+from services.shared.stage import Finish, Forward, Overlap
 from services.shared.usage import answer_digest
 
 pytestmark = pytest.mark.unit
@@ -107,8 +108,11 @@ class Verifier:
         return Decision(hit=same, score=1.0 if same else -1.0, cosine=cosine)
 
 
-def logic() -> CacheLogic:
-    return CacheLogic(Exact(), Index(), Embedder(), Verifier(), LookupPolicy(default_ttl_s=60, max_ttl_s=600),
+def logic(overlap: bool = False) -> CacheLogic:
+    """The stage's logic on fakes; ``overlap`` off unless a test is about it (the decision then
+    comes back whole from ``lookup``)."""
+    return CacheLogic(Exact(), Index(), Embedder(), Verifier(),
+                      LookupPolicy(default_ttl_s=60, max_ttl_s=600, overlap=overlap),
                       instance_id="c1", clock=lambda: NOW)
 
 
@@ -214,3 +218,48 @@ async def test_purges_reach_both_stores() -> None:
     assert isinstance(await cache.lookup(envelope("Capital of France?")), Forward)
     req = envelope("Capital of France?").request
     assert partition_key("demo", req) != partition_key("acme", req) and last_user_text(req) == "Capital of France?"
+
+
+# --- overlap: the model starts while the semantic lookup decides ---------------------------------
+
+async def test_overlap_hands_the_task_on_pending_and_decides_a_miss_meanwhile() -> None:
+    cache = logic(overlap=True)
+    stored = envelope("Capital of France?")
+    assert await cache.learn(answered(stored, text="Paris.")) is FillReason.OK
+    outcome = await cache.lookup(envelope("Largest city of Peru?"))
+    assert isinstance(outcome, Overlap)
+    # Handed on marked pending, with no note yet: the worker learns it from the verdict.
+    assert outcome.env.cache_pending and outcome.env.cache is None
+    decided = await outcome.decide
+    assert isinstance(decided, Forward) and decided.env.cache is not None
+    assert decided.env.cache.outcome is CacheOutcome.MISS and decided.env.query_embedding is not None
+
+
+async def test_overlap_decides_a_semantic_hit_that_the_stage_serves() -> None:
+    cache = logic(overlap=True)
+    assert await cache.learn(answered(envelope("Capital of France?"), text="Paris.")) is FillReason.OK
+    outcome = await cache.lookup(envelope("capital of france!"))
+    assert isinstance(outcome, Overlap)
+    decided = await outcome.decide
+    assert isinstance(decided, Finish) and isinstance(decided.reply, Final)
+    assert decided.reply.text == "Paris." and decided.reply.cache is not None
+    assert decided.reply.cache.outcome is CacheOutcome.SEMANTIC
+
+
+@pytest.mark.parametrize("case", ["exact", "empty partition", "bulk", "not before inference"])
+async def test_overlap_only_where_a_semantic_lookup_runs_before_interactive_inference(case: str) -> None:
+    cache = logic(overlap=True)
+    assert await cache.learn(answered(envelope("Capital of France?"), text="Paris.")) is FillReason.OK
+    env = envelope("Capital of France?" if case == "exact" else "capital of france!")
+    if case == "empty partition":
+        env = envelope("capital of france!", tenant="other")
+    elif case == "bulk":
+        env.priority = Priority.BULK
+    elif case == "not before inference":
+        env.itinerary = ["cache", "retrieval", "infer"]
+    outcome = await cache.lookup(env)
+    assert not isinstance(outcome, Overlap)
+    if case in ("exact", "bulk", "not before inference"):
+        assert isinstance(outcome, Finish)  # decided whole, and served
+    else:
+        assert isinstance(outcome, Forward) and outcome.env.cache is not None

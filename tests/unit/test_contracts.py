@@ -15,6 +15,7 @@ from contracts.v1 import (
     AnswerAnnounced,
     CachePurge,
     CachePurged,
+    CacheVerdict,
     CancelRequest,
     ChatRequest,
     Chunk,
@@ -35,7 +36,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "reply_chunk": Chunk, "reply_final": Final, "reply_error": ErrorReply, "usage_event": UsageEvent,
     "worker_heartbeat": WorkerHeartbeat, "cancel_request": CancelRequest, "hop_ack": HopAck,
     "usage_query": UsageQuery, "usage_report": UsageReport, "answer_announced": AnswerAnnounced,
-    "cache_purge": CachePurge, "cache_purged": CachePurged,
+    "cache_purge": CachePurge, "cache_purged": CachePurged, "cache_verdict": CacheVerdict,
 }
 
 

@@ -10,8 +10,18 @@ from pathlib import Path
 import pytest
 
 from contracts.subjects import Priority
-from contracts.v1 import ChatMessage, Chunk, ErrorReply, Final, TaskEnvelope
-from services.worker.generation import ENGINE_PRIORITY, WorkerIdentity, answer
+from contracts.v1 import (
+    Accepted,
+    CacheNote,
+    CacheOutcome,
+    CacheVerdict,
+    ChatMessage,
+    Chunk,
+    ErrorReply,
+    Final,
+    TaskEnvelope,
+)
+from services.worker.generation import ENGINE_PRIORITY, VerdictGate, WorkerIdentity, answer
 from tests.support.fakes import REPLY, FakeEngine, ListSink
 
 pytestmark = pytest.mark.unit
@@ -125,3 +135,65 @@ async def test_only_a_whole_answer_the_cache_asked_for_is_announced_and_it_carri
         sink = ListSink()
         await answer(env, engine, sink, WHO)
         assert sink.announced == []
+
+
+# --- a task the cache handed on before deciding (VerdictGate) -----------------------------------
+
+def pending(**request: object) -> TaskEnvelope:
+    return envelope(**request).model_copy(update={"cache_pending": True, "cache": None})
+
+
+def gate_for(verdict: CacheVerdict | None, timeout_s: float = 5.0, after_s: float = 0.0) -> VerdictGate:
+    """A gate whose verdict arrives ``after_s`` after the task starts (never, for None)."""
+    future: asyncio.Future[CacheVerdict] = asyncio.get_running_loop().create_future()
+    if verdict is not None:
+        asyncio.get_running_loop().call_later(after_s, future.set_result, verdict)
+    return VerdictGate(future, timeout_s, WHO.worker_id)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_pending_task_sends_nothing_until_a_miss_verdict_then_answers_with_its_note(stream: bool) -> None:
+    sink, engine = ListSink(), FakeEngine()
+    note = CacheNote(outcome=CacheOutcome.MISS, fill=True)
+    env = pending(stream=stream, max_tokens=3)
+    task = asyncio.create_task(answer(env, engine, sink, WHO, gate=gate_for(
+        CacheVerdict(request_id=env.request_id, serve=False, note=note, query_embedding=[0.6, 0.8]), after_s=0.2)))
+    await asyncio.sleep(0.1)
+    assert sink.sent == []  # the engine has answered (zero latency); the answer waits
+    final = await task
+    assert isinstance(final, Final) and final.cache == note
+    [usage] = sink.usages
+    assert usage.cache_outcome == "miss"
+    # The model's answer is learnt with the embedding the verdict carried.
+    assert sink.sent[-1] == ("announce", env.request_id)
+    if stream:  # ingress hears the note before the first chunk
+        assert isinstance(sink.replies[0], Accepted) and sink.replies[0].cache == note
+        assert isinstance(sink.replies[1], Chunk)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_served_verdict_drops_the_answer_unsent_and_uncharged(stream: bool) -> None:
+    sink, engine = ListSink(), FakeEngine(seconds_per_token=0.01)
+    env = pending(stream=stream, max_tokens=8)
+    served = CacheNote(outcome=CacheOutcome.SEMANTIC, similarity=0.93)
+    result = await answer(env, engine, sink, WHO, gate=gate_for(
+        CacheVerdict(request_id=env.request_id, serve=True, note=served)))
+    assert result is None and sink.sent == []
+    assert engine.aborted == [env.request_id]
+
+
+async def test_no_verdict_in_time_answers_as_a_miss_with_the_cache_recorded_skipped() -> None:
+    sink = ListSink()
+    final = await answer(pending(max_tokens=2), FakeEngine(), sink, WHO, gate=gate_for(None, timeout_s=0.05))
+    assert isinstance(final, Final) and final.cache is not None
+    assert final.cache.outcome is CacheOutcome.SKIPPED and "timeout" in (final.cache.reason or "")
+    assert sink.usages[0].cache_outcome == "skipped"
+
+
+async def test_an_error_found_before_the_verdict_waits_for_it_and_a_served_one_drops_it() -> None:
+    sink = ListSink()
+    env = pending(max_tokens=10_000)  # does not fit: a 400 before the engine runs
+    served = CacheNote(outcome=CacheOutcome.SEMANTIC, similarity=0.9)
+    result = await answer(env, FakeEngine(max_model_len=64), sink, WHO, gate=gate_for(
+        CacheVerdict(request_id=env.request_id, serve=True, note=served), after_s=0.05))
+    assert result is None and sink.sent == []
