@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import faulthandler
 import gc
 import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn, Protocol, TypeVar
@@ -56,16 +59,19 @@ def configure_logging(service_name: str, level: str) -> None:
 
 async def serve(service: Service, drain_timeout_s: float, stop: asyncio.Event | None = None,
                 sched_slice_us: int = 0, keep_off_engine_cpus: bool = False,
-                health: tuple[str, int] | None = None) -> None:
+                health: tuple[str, int] | None = None, exit_when_stuck: bool = False) -> None:
     """Run ``service`` until SIGTERM/SIGINT (or ``stop``), then drain and close it.
 
     ``health`` (host, port): serve /healthz, /readyz and /metrics there from before the service
     starts until it is closed (ingress serves them on its own HTTP port and passes None).
+    ``exit_when_stuck`` (a service's own process): once asked to stop, the process ends after
+    the drain and close timeouts and a grace whatever still hangs (``exit_deadline``).
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
     phase = "starting"
 
     def readiness() -> tuple[bool, dict[str, Any]]:
@@ -94,6 +100,10 @@ async def serve(service: Service, drain_timeout_s: float, stop: asyncio.Event | 
         # A second signal while draining means "now": restore the default handlers.
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        # Whatever hangs from here on (a client library waiting on a bus that is gone), the
+        # process ends: a supervisor, a test or an operator waiting for it is never left hanging.
+        if exit_when_stuck:
+            exit_deadline(service.name, drain_timeout_s + CLOSE_TIMEOUT_S + EXIT_GRACE_S)
         log.info("%s is draining (up to %.0f s)", service.name, drain_timeout_s)
         try:
             await asyncio.wait_for(service.drain(), timeout=drain_timeout_s)
@@ -102,10 +112,38 @@ async def serve(service: Service, drain_timeout_s: float, stop: asyncio.Event | 
                         drain_timeout_s)
     finally:
         phase = "stopping"
-        await service.close()
-        if server is not None:
-            await server.close()
+        try:
+            await asyncio.wait_for(service.close(), timeout=CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("%s: closing its connections took over %.0f s; stopping anyway", service.name,
+                        CLOSE_TIMEOUT_S)
+        finally:
+            if server is not None:
+                await server.close()
         log.info("%s stopped", service.name)
+
+
+#: How long ``Service.close`` may take (connections, stores) before the service stops anyway.
+CLOSE_TIMEOUT_S = 10.0
+#: After the drain and close timeouts, the time left for the interpreter's own shutdown.
+EXIT_GRACE_S = 5.0
+
+
+def exit_deadline(service_name: str, seconds: float) -> threading.Timer:
+    """End the process ``seconds`` from now if it is still running, with a line that says so and
+    every thread's stack (where it hung) on stderr: the last resort of a stop that was asked for."""
+    def expire() -> None:
+        stamp = time.strftime("%H:%M:%S")
+        with contextlib.suppress(OSError, ValueError):
+            print(f"{stamp} ERROR [{service_name}] did not stop within {seconds:g} s of being asked to; "
+                  "exiting now", file=sys.stderr, flush=True)
+            faulthandler.dump_traceback(all_threads=True)
+        os._exit(EXIT_STUCK)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def freeze_startup_heap() -> None:
@@ -119,6 +157,8 @@ def freeze_startup_heap() -> None:
 #: The exit code of a service stopped by a configuration mistake (sysexits' EX_CONFIG): a
 #: supervisor must not restart it, since it would only fail the same way again.
 EX_CONFIG = 78
+#: The exit code of a service that did not stop in time after SIGTERM (``exit_deadline``).
+EXIT_STUCK = 70
 
 S = TypeVar("S", bound=ServiceSettings)
 
@@ -157,4 +197,5 @@ def run(build: Callable[[], Service], settings: ServiceSettings, service_name: s
         pass
     asyncio.run(serve(service, settings.drain_timeout_s, sched_slice_us=settings.sched_slice_us,
                       keep_off_engine_cpus=settings.sched_keep_off_engine_cpus,
-                      health=(settings.health_host, settings.health_port) if health else None))
+                      health=(settings.health_host, settings.health_port) if health else None,
+                      exit_when_stuck=True))

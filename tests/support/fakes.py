@@ -18,9 +18,11 @@ REPLY = ["Paris", "is", "the", "capital", "of", "France", "and", "its", "largest
 
 class FakeEngine:
     def __init__(self, max_model_len: int = 256, seconds_per_token: float = 0.0,
-                 fail_after: int | None = None) -> None:
+                 fail_after: int | None = None, first_token_s: float = 0.0) -> None:
         self.max_model_len = max_model_len
         self.seconds_per_token = seconds_per_token
+        #: Extra time before the first token (the prompt's prefill).
+        self.first_token_s = first_token_s
         self.fail_after = fail_after
         self.aborted: list[str] = []
         self.priorities: list[int] = []
@@ -39,6 +41,8 @@ class FakeEngine:
         if params.json_schema is not None and "not" in params.json_schema:
             raise refusal(ValueError('Grammar error: Unimplemented keys: ["not"]'), params)
         n = min(params.max_tokens, len(REPLY))
+        if self.first_token_s:
+            await asyncio.sleep(self.first_token_s)
         for i in range(n):
             if self.fail_after is not None and i >= self.fail_after:
                 raise RuntimeError("fake engine failure")
