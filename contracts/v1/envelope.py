@@ -59,6 +59,10 @@ class TaskEnvelope(WireModel):
         default_factory=CacheControl, description="What the request lets the cache do."
     )
     cache: CacheNote | None = Field(default=None, description="What the cache stage did, once it ran.")
+    cache_exact_checked: bool = Field(
+        default=False, description="Ingress read the exact cache for this request and found nothing: the cache "
+        "stage goes straight to the semantic lookup.",
+    )
     cache_pending: bool = Field(
         default=False, description="The cache stage handed the task on before deciding on a semantic match: "
         "the worker sends nothing (no reply, no usage event) until the stage's CacheVerdict, sent to it, arrives.",

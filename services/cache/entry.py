@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from contracts.v1 import Final, TokenUsage
+from contracts.v1 import CacheNote, CacheOutcome, Final, TokenUsage
 from services.shared.canonical import FORM_VERSION
 from services.shared.validation import summary
 
@@ -48,6 +48,20 @@ def entry_from_final(
         model=final.model, tier=final.tier, created_at=created_at, expires_at=created_at + ttl_s,
         tags=tags,
     )
+
+
+def served_answer(entry: ExactEntry, request_id: str, *, served_by: str, now: float, kind: CacheOutcome,
+                  similarity: float | None = None, score: float | None = None) -> Final:
+    """``entry`` as the final reply to request ``request_id``: no model tokens were used, and its
+    note says how it matched and what the answer had cost when a model made it."""
+    note = CacheNote(
+        outcome=kind, similarity=similarity, score=score, age_s=max(0.0, now - entry.created_at),
+        source_tier=entry.tier, source_prompt_tokens=entry.usage.prompt_tokens,
+        source_completion_tokens=entry.usage.completion_tokens,
+    )
+    return Final(request_id=request_id, text=entry.text, finish_reason=entry.finish_reason,
+                 usage=TokenUsage(prompt_tokens=0, completion_tokens=0), model=entry.model,
+                 tier=entry.tier, served_by=served_by, cache=note)
 
 
 def encode(entry: ExactEntry) -> bytes:

@@ -110,6 +110,19 @@ class ExactStore:
             kv = await js.key_value(bucket)
         return cls(js, kv, bucket, max_age_s, clock)
 
+    @classmethod
+    async def bind(cls, js: JetStreamContext, *, bucket: str = EXACT_BUCKET,
+                   clock: Callable[[], float] = time.time) -> ExactStore:
+        """The existing bucket, to read (ingress answers exact hits itself); raises nats-py's
+        ``BucketNotFoundError`` while no cache replica has created it."""
+        kv = await js.key_value(bucket)
+        info = await js.stream_info(f"KV_{bucket}")
+        return cls(js, kv, bucket, info.config.max_age or 0.0, clock)
+
+    @property
+    def bucket(self) -> str:
+        return self._bucket
+
     def _entry_key(self, tenant: str, key: str) -> str:
         return f"e.{token(tenant, 'tenant')}.{_check_key(key)}"
 

@@ -47,9 +47,8 @@ from contracts.v1 import (
     CachePurged,
     Final,
     TaskEnvelope,
-    TokenUsage,
 )
-from services.cache.entry import ExactEntry, entry_from_final
+from services.cache.entry import ExactEntry, entry_from_final, served_answer
 from services.cache.fill import FillReason, may_store
 from services.cache.semantic import Candidate, Vector
 from services.cache.verifier import Decision
@@ -131,11 +130,12 @@ class CacheLogic:
             metrics.CACHE_LOOKUPS.labels(control.mode.value, CacheOutcome.BYPASS.value).inc()
             return Forward(env.model_copy(update={"cache": CacheNote(outcome=CacheOutcome.BYPASS, reason=reason,
                                                                       fill=fill)}))
-        t0 = time.perf_counter()
-        entry = await self.exact.get(env.tenant, exact_key(env.tenant, env.request), control.max_age_s)
-        metrics.CACHE_LOOKUP_DURATION.labels("exact").observe(time.perf_counter() - t0)
-        if entry is not None:
-            return self._conclude(env, Match(entry, CacheOutcome.EXACT), None, started)
+        if not env.cache_exact_checked:  # ingress reads it first for the tenants it serves hits to
+            t0 = time.perf_counter()
+            entry = await self.exact.get(env.tenant, exact_key(env.tenant, env.request), control.max_age_s)
+            metrics.CACHE_LOOKUP_DURATION.labels("exact").observe(time.perf_counter() - t0)
+            if entry is not None:
+                return self._conclude(env, Match(entry, CacheOutcome.EXACT), None, started)
         question = last_user_text(env.request)
         partition = partition_key(env.tenant, env.request)
         if self.index is None or not question or not self.index.may_hold(env.tenant, partition):
@@ -215,17 +215,9 @@ class CacheLogic:
 
     def replay(self, env: TaskEnvelope, match: Match) -> Final:
         """The cached answer as this request's final reply: no model tokens were used."""
-        entry = match.entry
-        note = CacheNote(
-            outcome=match.kind, similarity=match.similarity, score=match.score,
-            age_s=max(0.0, self._clock() - entry.created_at), source_tier=entry.tier,
-            source_prompt_tokens=entry.usage.prompt_tokens, source_completion_tokens=entry.usage.completion_tokens,
-        )
-        return Final(request_id=env.request_id, text=entry.text, finish_reason=entry.finish_reason,
-                     usage=TokenUsage(prompt_tokens=0, completion_tokens=0), model=entry.model,
-                     tier=entry.tier, served_by=f"cache:{self.instance_id}", cache=note)
+        return served_answer(match.entry, env.request_id, served_by=f"cache:{self.instance_id}", now=self._clock(),
+                             kind=match.kind, similarity=match.similarity, score=match.score)
 
-    # --- learning: one announced answer ------------------------------------------------------
     async def learn(self, announced: AnswerAnnounced) -> FillReason:
         """Store an announced answer if it may be (``services.cache.fill``); returns why (not)."""
         control = announced.control

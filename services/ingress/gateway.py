@@ -19,6 +19,7 @@ from contracts.subjects import Priority, reply_subject
 from contracts.v1 import CacheControl, CacheNote, ChatRequest, Chunk, Final, Route, TaskEnvelope
 from services.ingress.cache_control import default as cache_defaults
 from services.ingress.dispatch import Dispatcher
+from services.ingress.exact_cache import ExactCache
 from services.ingress.fields import refuse_unhonoured
 from services.ingress.observe import Observation
 from services.ingress.settings import IngressSettings
@@ -68,11 +69,18 @@ def unstreamed(text: str, streamed: list[str]) -> str:
     return text[len(sent):] if text.startswith(sent) else ""
 
 
+async def _only(reply: Final) -> AsyncGenerator[Final, None]:
+    yield reply
+
+
 class Gateway:
-    def __init__(self, settings: IngressSettings, gate: Gate, dispatcher: Dispatcher) -> None:
+    def __init__(self, settings: IngressSettings, gate: Gate, dispatcher: Dispatcher,
+                 exact_cache: ExactCache | None = None) -> None:
         self.settings = settings
         self.gate = gate
         self.dispatcher = dispatcher
+        #: Answers exact cache hits without the hop to the cache stage (None: the stage does).
+        self.exact_cache = exact_cache
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready when connected to the bus with at least one live worker (from heartbeats)."""
@@ -128,9 +136,14 @@ class Gateway:
         self.gate.admit(caller)
         try:
             env = self.envelope(caller, req, route, request_id, received_at or time.time(), cache_control)
+            cached = None
+            if self.exact_cache is not None:
+                cached, env = await self.exact_cache.answer(env)
+            source = _only(cached) if cached is not None else \
+                self.dispatcher.replies(env, self.settings.request_timeout_s)
             # aclosing: when our consumer stops early, the dispatcher's clean-up runs now, not at GC.
             streamed: list[str] = []
-            async with contextlib.aclosing(self.dispatcher.replies(env, self.settings.request_timeout_s)) as replies:
+            async with contextlib.aclosing(source) as replies:
                 async for reply in replies:
                     if isinstance(reply, CacheNote):
                         _noted(reply, span, observation)

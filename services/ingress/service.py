@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection
 
-from contracts.subjects import ALL_STREAMS, KNOWN_STAGES
+from contracts.subjects import ALL_STREAMS, CACHE_STAGE, KNOWN_STAGES
 from services.ingress.dispatch import Dispatcher
+from services.ingress.exact_cache import ExactCache
 from services.ingress.gateway import Gateway
 from services.ingress.http import create_http_app
 from services.ingress.settings import IngressSettings
@@ -16,6 +17,7 @@ from services.shared.broker import ensure_streams, make_broker
 from services.shared.deployment import check_optional, check_pipeline, check_priced, load_pricebook
 from services.shared.settings import env_name, load_config_file
 from services.shared.telemetry import setup_tracing
+from services.shared.usage import UsagePublisher
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,10 @@ class IngressService:
         self.dispatcher = Dispatcher(self.broker, settings.instance_id, hop_timeout_s=settings.hop_timeout_s,
                                      liveness_s=settings.worker_liveness_s,
                                      optional_hop_timeout_s=settings.optional_hop_timeout_s)
-        self.gateway = Gateway(settings, gate, self.dispatcher)
+        self.usage = UsagePublisher(self.broker)
+        exact_cache = ExactCache(self.broker, settings.instance_id, self.usage) \
+            if settings.exact_cache_at_ingress and CACHE_STAGE in settings.pipeline else None
+        self.gateway = Gateway(settings, gate, self.dispatcher, exact_cache)
         self.app = create_http_app(self.gateway)
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
@@ -57,6 +62,7 @@ class IngressService:
         await self.broker.start()
         await ensure_streams(self.broker, ALL_STREAMS)
         await self.dispatcher.connect()
+        self.usage.start()
         self._server = AsgiServer(self.app, self.settings.host, self.settings.port,
                                   timeout_graceful_shutdown=int(self.settings.drain_timeout_s))
         await self._server.start()
@@ -75,4 +81,5 @@ class IngressService:
     async def close(self) -> None:
         if self._server is not None:
             await self._server.close()
+        await self.usage.stop()
         await self.broker.stop()

@@ -34,6 +34,11 @@ class IngressSettings(ServiceSettings):
     optional_hop_timeout_s: float = Field(
         default=0.5, gt=0, description="Longest an optional stage may take to accept before it is skipped.")
     request_timeout_s: float = Field(default=120.0, gt=0, description="Longest a client waits (504).")
+    exact_cache_at_ingress: bool = Field(
+        default=True,
+        description="Answer exact cache hits here (one key-value read) instead of handing them to the cache "
+                    "stage; misses go on to the stage, which then skips its own exact read.",
+    )
     hop_timeout_s: float = Field(default=5.0, gt=0, description="Longest a stage may take to accept.")
     worker_liveness_s: float = Field(
         default=3.5, gt=0, description="A worker silent this long is taken for dead (503 to its clients)."

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -17,11 +16,11 @@ from faststream.nats import NatsBroker
 from nats.aio.subscription import Subscription
 
 from contracts.subjects import cache_verdict_subject, stage_queue_group, stage_subject
-from contracts.v1 import CacheNote, CacheOutcome, CacheVerdict, ErrorReply, Final, HopAck, TaskEnvelope, UsageEvent
+from contracts.v1 import CacheNote, CacheOutcome, CacheVerdict, ErrorReply, Final, HopAck, TaskEnvelope
 from services.shared import lane, metrics
 from services.shared.errors import SkinflintError
 from services.shared.slip import StageHop, advance, current_stage, is_optional, mark_arrival, skip_current
-from services.shared.usage import UsagePublisher, cache_usage
+from services.shared.usage import UsagePublisher, answered_without_model
 
 log = logging.getLogger(__name__)
 
@@ -170,17 +169,8 @@ class StageRunner:
     async def _end(self, env: TaskEnvelope, reply: Final | ErrorReply, outcome: str) -> None:
         """This stage ends the task: its one usage event first, then the reply (see ``UsagePublisher``)."""
         metrics.STAGE_OUTCOMES.labels(self.name, env.priority.value, outcome).inc()
-        # No engine ran for this request, so no tokens are charged; a lever that answers (the
-        # cache) says so in its reply's note, which carries what the answer it served had cost.
-        note = reply.cache if isinstance(reply, Final) else env.cache
-        event = UsageEvent(
-            request_id=env.request_id, tenant=env.tenant, api_key_id=env.api_key_id, model=env.route.model,
-            tier=env.route.tier, priority=env.priority, status="ok" if isinstance(reply, Final) else "error",
-            prompt_tokens=0, completion_tokens=0, worker=self.instance_id, occurred_at=time.time(),
-            **cache_usage(note),
-        )
         try:
-            await self._usage.publish(event)
+            await self._usage.publish(answered_without_model(env, reply, self.instance_id))
         except Exception:
             log.exception("usage event of %s could not be sent", env.request_id)
         await lane.publish(self._broker.connection, env.reply_subject, reply)

@@ -1,4 +1,4 @@
-"""Usage events onto JetStream, for every service that ends a task (workers, stages).
+"""Usage events onto JetStream, for every service that ends a task (workers, stages, ingress).
 
 One usage event per request, announced on the connection *before* the reply that ends the task
 (NATS keeps one connection's messages in order, so a reply that reached ingress proves its
@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from typing import Any
 
 from faststream.nats import NatsBroker
 from nats.js.client import JetStreamContext
 
 from contracts.subjects import USAGE_STREAM, USAGE_SUBJECT
-from contracts.v1 import CacheNote, CacheOutcome, UsageEvent
+from contracts.v1 import CacheNote, CacheOutcome, ErrorReply, Final, TaskEnvelope, UsageEvent
 from services.shared import lane
 from services.shared.broker import is_connected
 from services.shared.canonical import normalise_text
@@ -74,6 +75,19 @@ class UsagePublisher:
         if is_connected(self._broker):
             await self.outbox.flush(timeout_s)
         self.outbox.cancel_waiters()
+
+
+def answered_without_model(env: TaskEnvelope, reply: Final | ErrorReply, answered_by: str) -> UsageEvent:
+    """The usage event of a task answered (or refused) before any engine ran: zero tokens. A lever
+    that answers (the cache) says so in its reply's note, which carries what the answer it served
+    had cost."""
+    note = reply.cache if isinstance(reply, Final) else env.cache
+    return UsageEvent(
+        request_id=env.request_id, tenant=env.tenant, api_key_id=env.api_key_id, model=env.route.model,
+        tier=env.route.tier, priority=env.priority, status="ok" if isinstance(reply, Final) else "error",
+        prompt_tokens=0, completion_tokens=0, worker=answered_by, occurred_at=time.time(),
+        **cache_usage(note),
+    )
 
 
 def cache_usage(note: CacheNote | None, answer_text: str | None = None) -> dict[str, Any]:

@@ -335,9 +335,12 @@ async def test_chat_keeps_answering_when_the_cache_stops_mid_run(
         await ask(client, body)
         assert outcome(await ask(client, body)) == "exact"
         await cache.drain()  # stops taking tasks, as a replica that is shutting down
+        # Exact hits are read by ingress itself from the shared store: still served.
+        repeat = await ask(client, body, learnt=False)
         started = time.monotonic()
-        down = await ask(client, body, learnt=False)
+        down = await ask(client, chat("Is the cache service optional?", temperature=0), learnt=False)
         took = time.monotonic() - started
+    assert outcome(repeat) == "exact"
     assert outcome(down) == "skipped"
     assert down.json()["choices"][0]["message"]["content"]
     assert took < 2.0  # went on at once, no hop timeout
@@ -369,10 +372,12 @@ async def test_a_cache_that_fails_passes_the_request_on_to_the_model(
     async with chat_stack(nats_server.url, tenants_file) as (_, client, cache):
         assert cache is not None and cache.logic is not None
 
-        async def broken(*args: Any, **kwargs: Any) -> None:
-            raise ConnectionError("the key-value store is unreachable")
+        assert cache.logic.index is not None
 
-        cache.logic.exact.get = broken  # type: ignore[method-assign]
+        def broken(*args: Any, **kwargs: Any) -> bool:
+            raise ConnectionError("the semantic index is unreachable")
+
+        cache.logic.index.may_hold = broken  # type: ignore[method-assign]
         r = await ask(client, chat("Does a failing cache fail the request?", temperature=0), learnt=False)
     assert outcome(r) == "skipped"
     assert r.json()["choices"][0]["message"]["content"]
@@ -456,3 +461,39 @@ async def test_a_verdict_that_never_comes_in_time_lets_the_model_answer_with_the
     assert took < 1.0  # the worker's wait, not the stalled lookup
     event = (await usage_events(nats_server.url))[r.headers["x-request-id"]]
     assert event["cache_outcome"] == "skipped" and event["completion_tokens"] > 0
+
+
+# --- exact hits answered by ingress itself --------------------------------------------------------
+
+@pytest.mark.parametrize("at_ingress", [True, False], ids=["ingress", "stage"])
+async def test_an_exact_hit_is_answered_by_ingress_or_by_the_stage_alike(
+    nats_server: NatsServer, tenants_file: Path, at_ingress: bool
+) -> None:
+    body = chat("Which river flows through Vienna?", temperature=0)
+    async with running_cache(nats_server.url) as cache, running_worker(nats_server.url), \
+            running_ingress(nats_server.url, tenants_file=str(tenants_file), pipeline=["cache", "infer"],
+                            exact_cache_at_ingress=at_ingress) as (ingress, client):
+        first = await ask(client, body)
+        hit = await ask(client, body)
+        fresh = await ask(client, chat("Which river flows through Budapest?", temperature=0), learnt=False)
+    answered_by = ingress.settings.instance_id if at_ingress else cache.settings.instance_id
+    assert outcome(hit) == "exact" and hit.headers["x-skinflint-served-by"] == f"cache:{answered_by}"
+    assert hit.json()["choices"][0]["message"]["content"] == first.json()["choices"][0]["message"]["content"]
+    assert outcome(fresh) == "miss"  # a miss goes on to the stage and the model either way
+    event = (await usage_events(nats_server.url))[hit.headers["x-request-id"]]
+    assert (event["cache_outcome"], event["prompt_tokens"], event["completion_tokens"]) == ("exact", 0, 0)
+    assert event["cache_source_completion_tokens"] == first.json()["usage"]["completion_tokens"]
+    assert event["worker"] == (f"cache:{answered_by}" if at_ingress else answered_by)
+
+
+async def test_ingress_never_answers_what_the_tenant_or_request_keeps_from_the_cache(
+    nats_server: NatsServer, tenants_file: Path
+) -> None:
+    body = chat("What colour are polar bears?", temperature=0)
+    async with chat_stack(nats_server.url, tenants_file) as (_, client, _cache):
+        await ask(client, body)
+        assert outcome(await ask(client, body)) == "exact"
+        no_cache = await ask(client, body, headers={"Cache-Control": "no-cache"}, learnt=False)
+        other_tenant = await ask(client, body, headers=ACME, learnt=False)
+    assert outcome(no_cache) == "bypass" and not no_cache.headers["x-skinflint-served-by"].startswith("cache:")
+    assert outcome(other_tenant) == "miss"
