@@ -429,8 +429,14 @@ async def test_a_miss_decided_while_the_model_answers_is_answered_noted_and_lear
         released = counted(metrics.CACHE_VERDICTS, verdict="released")
         miss = await ask(client, chat("Who wrote the novel Don Quixote?", temperature=0))
         reworded = await ask(client, chat("Who was the author of the novel Don Quixote?", temperature=0))
+        async with client.stream("POST", "/v1/chat/completions", json=chat(
+                "Who composed the opera Carmen?", temperature=0, stream=True)) as s:
+            streamed_headers = s.headers
+            streamed = [line async for line in s.aiter_lines() if line.startswith("data: ")]
     assert outcome(miss) == "miss" and not miss.headers["x-skinflint-served-by"].startswith("cache:")
-    assert counted(metrics.CACHE_VERDICTS, verdict="released") == released + 1
+    # Streaming: the note the verdict brought reaches the response's headers before the text.
+    assert streamed_headers["x-skinflint-cache"] == "miss" and streamed[-1] == "data: [DONE]" and len(streamed) > 2
+    assert counted(metrics.CACHE_VERDICTS, verdict="released") == released + 2  # the two misses
     # Learnt with the embedding the verdict carried to the worker: a rewording now hits.
     assert outcome(reworded) == "semantic"
     assert reworded.json()["choices"][0]["message"]["content"] == miss.json()["choices"][0]["message"]["content"]
