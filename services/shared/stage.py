@@ -112,7 +112,7 @@ class StageRunner:
                 await self._overlap(env, outcome)
                 return
             if isinstance(outcome, Finish):
-                await self._end(env, outcome.reply, "answered" if isinstance(outcome.reply, Final) else "error")
+                await self._finish(env, outcome)
                 return
             nxt = outcome.env if outcome.advanced else advance(outcome.env)
             if current_stage(nxt) is None:
@@ -128,20 +128,30 @@ class StageRunner:
                 "error")
 
     async def _overlap(self, env: TaskEnvelope, outcome: Overlap) -> None:
-        """Hand ``outcome.env`` on while ``outcome.decide`` runs; then answer or let the holder answer."""
-        decision = asyncio.create_task(outcome.decide)
+        """Hand ``outcome.env`` on while ``outcome.decide`` runs; then answer or let the holder answer.
+
+        An answer the decision finds is served as soon as it is found, even while the hand-off
+        still waits for a free worker, and also when no worker takes the task at all."""
+        decision = asyncio.create_task(self._decided(env, outcome.decide))
+        delivery = asyncio.create_task(self._hop.deliver(advance(outcome.env)))
+        await asyncio.wait({decision, delivery}, return_when=asyncio.FIRST_COMPLETED)
+        early = decision.result() if decision.done() else None
+        answered = isinstance(early, Finish)
+        if isinstance(early, Finish):
+            await self._finish(env, early)
         try:
-            ack, _ = await self._hop.deliver(advance(outcome.env))
+            ack, _ = await delivery
         except SkinflintError:
-            # Nobody holds the task: an answer the decision found still serves the client.
-            result = await self._decided(env, decision)
-            if isinstance(result, Finish):
-                await self._end(env, result.reply, "answered")
+            if answered:
+                return  # nobody holds the task, and the client has its answer
+            if isinstance(result := await decision, Finish):
+                await self._finish(env, result)
                 return
             raise
-        result = await self._decided(env, decision)
+        result = await decision
         if isinstance(result, Finish):
-            await self._end(env, result.reply, "answered" if isinstance(result.reply, Final) else "error")
+            if not answered:
+                await self._finish(env, result)
             note = result.reply.cache if isinstance(result.reply, Final) else None
             verdict = CacheVerdict(request_id=env.request_id, serve=True,
                                    note=note or CacheNote(outcome=CacheOutcome.MISS))
@@ -156,10 +166,14 @@ class StageRunner:
             # The holder goes on after its own wait for the verdict; the client still gets one answer.
             log.exception("the verdict on %s could not be sent to %s", env.request_id, ack.instance)
 
-    async def _decided(self, env: TaskEnvelope, decision: asyncio.Task[Forward | Finish]) -> Forward | Finish:
+    async def _finish(self, env: TaskEnvelope, finish: Finish) -> None:
+        await self._end(env, finish.reply, "answered" if isinstance(finish.reply, Final) else "error")
+
+    async def _decided(self, env: TaskEnvelope,
+                       decide: Coroutine[Any, Any, Forward | Finish]) -> Forward | Finish:
         """The decision, or, when it failed on an optional stage, the task going on without it."""
         try:
-            return await decision
+            return await decide
         except Exception as exc:
             if not is_optional(env, self.name):
                 raise

@@ -503,3 +503,19 @@ async def test_ingress_never_answers_what_the_tenant_or_request_keeps_from_the_c
         other_tenant = await ask(client, body, headers=ACME, learnt=False)
     assert outcome(no_cache) == "bypass" and not no_cache.headers["x-skinflint-served-by"].startswith("cache:")
     assert outcome(other_tenant) == "miss"
+
+
+async def test_a_semantic_hit_is_served_while_no_worker_takes_the_task(
+    nats_server: NatsServer, tenants_file: Path
+) -> None:
+    async with running_cache(nats_server.url), \
+            running_ingress(nats_server.url, tenants_file=str(tenants_file),
+                            pipeline=["cache", "infer"]) as (_, client):
+        async with running_worker(nats_server.url):
+            stored = await ask(client, chat("What is the tallest mountain in Africa?", temperature=0))
+        # No worker runs now: the hand-off to inference fails, the match found meanwhile still serves.
+        reworded = await ask(client, chat("what is the tallest mountain in Africa", temperature=0), learnt=False)
+        fresh = await client.post("/v1/chat/completions", json=chat("How deep is Lake Baikal?", temperature=0))
+    assert outcome(reworded) == "semantic"
+    assert reworded.json()["choices"][0]["message"]["content"] == stored.json()["choices"][0]["message"]["content"]
+    assert fresh.status_code == 503  # a miss still needs a worker
