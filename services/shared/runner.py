@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn, Protocol, TypeVar
 
 from services.shared import sched
@@ -105,22 +105,23 @@ async def serve(service: Service, drain_timeout_s: float, stop: asyncio.Event | 
         if exit_when_stuck:
             exit_deadline(service.name, drain_timeout_s + CLOSE_TIMEOUT_S + EXIT_GRACE_S)
         log.info("%s is draining (up to %.0f s)", service.name, drain_timeout_s)
-        try:
-            await asyncio.wait_for(service.drain(), timeout=drain_timeout_s)
-        except TimeoutError:
-            log.warning("%s: drain timed out after %.0f s; stopping anyway", service.name,
-                        drain_timeout_s)
+        await _within(service.drain(), drain_timeout_s, f"{service.name}: draining")
     finally:
         phase = "stopping"
         try:
-            await asyncio.wait_for(service.close(), timeout=CLOSE_TIMEOUT_S)
-        except TimeoutError:
-            log.warning("%s: closing its connections took over %.0f s; stopping anyway", service.name,
-                        CLOSE_TIMEOUT_S)
+            await _within(service.close(), CLOSE_TIMEOUT_S, f"{service.name}: closing its connections")
         finally:
             if server is not None:
                 await server.close()
         log.info("%s stopped", service.name)
+
+
+async def _within(step: Coroutine[Any, Any, None], timeout_s: float, what: str) -> None:
+    """Run one step of a stop; past ``timeout_s`` it is abandoned, with a line saying so."""
+    try:
+        await asyncio.wait_for(step, timeout=timeout_s)
+    except TimeoutError:
+        log.warning("%s took over %.0f s; stopping anyway", what, timeout_s)
 
 
 #: How long ``Service.close`` may take (connections, stores) before the service stops anyway.
