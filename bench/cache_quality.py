@@ -5,9 +5,10 @@ bench/data/cache_paraphrases.jsonl (MT-Bench, GSM8K and MMLU prompts, each with 
 hard negative). The verifier is cross-validated over their union, 10 folds grouped so that pairs
 sharing a question or holding near copies (cosine >= 0.9) sit in one fold: every pair is decided
 by `Verifier.decide` (the service's own call) with weights and a threshold fitted and calibrated
-on the other folds only. Beside it, on each set: a fixed cosine threshold of 0.8 (what GPTCache and
-LiteLLM ship) and the best single cosine threshold with at most 2% false hits, chosen on that set
-itself (in-sample, which flatters it).
+on the other folds only, and, as in the service, only when its cosine is at least the stage's
+`min_cosine` (SF_MIN_COSINE; candidates below it are never examined). Beside it, on each set: a
+fixed cosine threshold of 0.8 (what GPTCache and LiteLLM ship) and the best single cosine threshold
+with at most 2% false hits, chosen on that set itself (in-sample, which flatters it).
 
 Targets (issue 12), on each set: false-hit rate <= 2% overall and in every category, and at least
 60% of the true pairs served. Also printed: what one decide costs (not a target of the issue; the
@@ -43,6 +44,7 @@ from services.cache.quality import (
     read_pairs,
     table,
 )
+from services.cache.settings import CacheSettings
 from services.cache.verifier import DEFAULT_FOLDS, Verifier, threshold_for, train
 
 try:  # `python -m bench.cache_quality` from the repo root
@@ -171,8 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--target", type=float, default=None,
                         help="false-hit rate the verifier is calibrated to (default: SF_CACHE_TARGET_FALSE_HIT_RATE)")
     parser.add_argument("--folds", type=int, default=DEFAULT_FOLDS)
+    parser.add_argument("--min-cosine", type=float, default=None,
+                        help="pairs less similar are never served, as in the stage (default: SF_MIN_COSINE)")
     args = parser.parse_args(argv)
     target = VerifierSettings().target_false_hit_rate if args.target is None else args.target
+    min_cosine = CacheSettings().min_cosine if args.min_cosine is None else args.min_cosine
     out = common.run_dir("cache-quality")
 
     sets = {"fow-cache": read_pairs(default_pairs())[0], "paraphrase set": read_pairs(PARAPHRASE_PAIRS)[0]}
@@ -187,20 +192,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def decide_held(verifier: Verifier, held: Bools) -> Bools:
         bar.update(1)
-        return np.array([verifier.decide(pairs[i].a, pairs[i].b, float(data.cosine[i])).hit
+        return np.array([data.cosine[i] >= min_cosine and verifier.decide(pairs[i].a, pairs[i].b,
+                                                                             float(data.cosine[i])).hit
                          for i in np.flatnonzero(held)])
 
     accepted = cross_validated_hits(data, target=target, k=args.folds, decide=decide_held)
     bar.close()
 
-    results: dict[str, Any] = {"target_false_hit_rate": target, "folds": args.folds, "sets": {}}
+    results: dict[str, Any] = {"target_false_hit_rate": target, "folds": args.folds, "min_cosine": min_cosine,
+                               "sets": {}}
     summary_rows, problems, curves, points = [], [], {}, {}
     for name in sets:
         rows = which == name
         part, verdicts = subset(data, rows), accepted[rows]
         best = threshold_for(part.cosine, part.same, BEST_COSINE_BUDGET)
         columns = {
-            f"verifier ({args.folds}-fold cv, target {target:.1%})": verdicts,
+            f"verifier ({args.folds}-fold cv, target {target:.1%}, cosine >= {min_cosine})": verdicts,
             f"cosine > {FIXED_COSINE}": part.cosine > FIXED_COSINE,
             f"cosine > {best:.3f} (best at <={BEST_COSINE_BUDGET:.0%} false, in-sample)": part.cosine > best,
         }
