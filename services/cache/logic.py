@@ -90,7 +90,7 @@ class LookupPolicy:
     default_ttl_s: float
     max_ttl_s: float
     candidates: int = 4
-    min_cosine: float = 0.5
+    min_cosine: float = 0.6
     #: On an exact miss, hand the task to the model before the semantic lookup decides.
     overlap: bool = True
 
