@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from types import TracebackType
 
 from faststream.nats import NatsBroker
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
@@ -18,13 +19,40 @@ from services.shared.settings import ServiceSettings
 log = logging.getLogger(__name__)
 
 
+class Broker(NatsBroker):
+    """FastStream's broker, whose ``stop`` also ends a connection it cannot drain.
+
+    FastStream's ``stop`` drains the connection, and nats-py refuses to drain one that is
+    reconnecting (``ConnectionReconnectingError``) or fails part-way when the bus goes away
+    during the drain. The connection then stays open, its reconnect task retrying forever
+    (``max_reconnect_attempts=-1``), and ``stop`` raises, so a service's ``close`` skipped the
+    rest of its clean-up. Here the connection is closed instead, and ``stop`` returns: what was
+    not delivered was lost with the bus either way.
+    """
+
+    async def stop(self, exc_type: type[BaseException] | None = None, exc_val: BaseException | None = None,
+                   exc_tb: TracebackType | None = None) -> None:
+        connection = self._connection
+        try:
+            await super().stop(exc_type, exc_val, exc_tb)
+        except Exception as exc:
+            log.warning("could not drain the bus connection (%r); closing it", exc)
+            if connection is not None and not connection.is_closed:
+                try:
+                    await connection.close()
+                except Exception as close_exc:  # its last flush, on a socket that is gone
+                    log.warning("closing the bus connection: %r", close_exc)
+            self._connection = None
+            self.config.disconnect()
+
+
 def make_broker(
     service_name: str, settings: ServiceSettings, tracer_provider: TracerProvider | None
 ) -> NatsBroker:
     """A broker whose every publish and handled message is a span (trace context travels in
     message headers, so one request is one trace across all services)."""
     natscompat.apply()
-    return NatsBroker(
+    return Broker(
         servers=[s.strip() for s in settings.nats_url.split(",") if s.strip()],
         name=f"skinflint-{service_name}-{settings.instance_id}",
         middlewares=(NatsTelemetryMiddleware(tracer_provider=tracer_provider),),

@@ -19,25 +19,41 @@
    The fix re-raises that timeout as ``nats.errors.TimeoutError``, which subclasses
    ``asyncio.TimeoutError``: every caller that caught either still catches it. Once nats-py
    raises its own type, the wrapper passes it through untouched.
+
+3. **A reconnecting client that cannot be cancelled.** With the bus gone, nats-py's reconnect task
+   loops (``max_reconnect_attempts=-1``: forever) through ``TcpTransport.connect``, which bounds
+   the TCP connect with ``asyncio.wait_for``. On Python 3.11 ``wait_for`` swallows a cancellation
+   that lands while the connect it waits on fails in the same few loop turns (CPython
+   gh-86296, fixed in 3.12 by rewriting ``wait_for`` on ``asyncio.timeout``): the task gets the
+   connect's ``ConnectionRefusedError`` instead of ``CancelledError``, the reconnect loop, which
+   retries on any ``Exception``, sleeps and tries again, and the cancel is lost. Cancelling the
+   task is how ``asyncio.run`` ends a service (and how nats-py's own ``close`` stops
+   reconnecting), so a service stopping while its bus died with it, as when ``make run``'s
+   launcher is killed (SIGTERM to nats-server and every service at once), waited forever
+   (about one try in three under load). The fix bounds the connect with ``asyncio.timeout``,
+   which passes a cancellation on; applied only on Python before 3.12.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import sys
 from typing import Any
 
 import nats.errors
 from nats.aio import client as nats_client
+from nats.aio import transport as nats_transport
 from nats.js.client import JetStreamContext
 
 _MARK = "_skinflint_fix"
 
 
 def apply() -> None:
-    """Apply both fixes once per process (idempotent)."""
+    """Apply the fixes once per process (idempotent)."""
     _queue_pings_in_order()
     _fetch_timeout_type()
+    _cancellable_connect()
 
 
 def _queue_pings_in_order() -> None:
@@ -76,3 +92,19 @@ def _fetch_timeout_type() -> None:
 
     setattr(fetch, _MARK, True)
     cls.fetch = fetch  # type: ignore[method-assign]
+
+
+def _cancellable_connect() -> None:
+    cls = nats_transport.TcpTransport
+    if sys.version_info >= (3, 12) or getattr(cls.connect, _MARK, False):
+        return
+
+    async def connect(self: Any, uri: Any, buffer_size: int, connect_timeout: int) -> None:
+        # nats-py 2.16's body, with asyncio.timeout where it has asyncio.wait_for.
+        async with asyncio.timeout(connect_timeout):
+            r, w = await asyncio.open_connection(host=uri.hostname, port=uri.port, limit=buffer_size)
+        self._bare_io_reader = self._io_reader = r
+        self._bare_io_writer = self._io_writer = w
+
+    setattr(connect, _MARK, True)
+    cls.connect = connect  # type: ignore[method-assign]
