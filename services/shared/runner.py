@@ -97,9 +97,19 @@ async def serve(service: Service, drain_timeout_s: float, stop: asyncio.Event | 
         log.info("%s is ready", service.name)
         await stop.wait()
         phase = "draining"
-        # A second signal while draining means "now": restore the default handlers.
+        # A second signal while draining means "now", unless it is an echo of the first: a
+        # launcher that dies sends its children a burst of SIGTERMs milliseconds apart.
+        first_signal_at = time.monotonic()
+
+        def again(sig: int) -> None:
+            if time.monotonic() - first_signal_at < REPEAT_SIGNAL_IGNORED_S:
+                return
+            for each in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(each)
+            signal.raise_signal(sig)  # the default action now: the process ends
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+            loop.add_signal_handler(sig, again, sig)
         # Whatever hangs from here on (a client library waiting on a bus that is gone), the
         # process ends: a supervisor, a test or an operator waiting for it is never left hanging.
         if exit_when_stuck:
@@ -124,6 +134,8 @@ async def _within(step: Coroutine[Any, Any, None], timeout_s: float, what: str) 
         log.warning("%s took over %.0f s; stopping anyway", what, timeout_s)
 
 
+#: A stop signal this soon after the first is the same request again, not "stop now".
+REPEAT_SIGNAL_IGNORED_S = 1.0
 #: How long ``Service.close`` may take (connections, stores) before the service stops anyway.
 CLOSE_TIMEOUT_S = 10.0
 #: After the drain and close timeouts, the time left for the interpreter's own shutdown.

@@ -4,6 +4,7 @@ shutdown hangs anyway ends itself (``services.shared.runner``)."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 import time
@@ -54,3 +55,37 @@ def test_a_process_still_running_at_its_deadline_ends_itself_saying_where_it_hun
     assert time.monotonic() - started < 10
     assert "[stuck] did not stop within 0.3 s of being asked to; exiting now" in done.stderr
     assert "time.sleep" in done.stderr or "<string>" in done.stderr  # every thread's stack, for the log
+
+
+SLOW_DRAIN = """
+import asyncio, sys
+from services.shared.runner import serve
+
+class SlowDrain:
+    name = "slow"
+    async def start(self): print("ready", flush=True)
+    async def drain(self):
+        await asyncio.sleep(2.5)
+        print("drained", flush=True)
+    async def close(self): print("closed", flush=True)
+    def ready(self): return True, {}
+
+asyncio.run(serve(SlowDrain(), drain_timeout_s=10))
+"""
+
+
+@pytest.mark.parametrize("gap_s", [0.02, 1.5], ids=["echo", "second request"])
+def test_a_burst_of_stop_signals_still_drains_but_a_later_second_one_stops_at_once(gap_s: float) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_DRAIN], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(gap_s)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    if gap_s < runner.REPEAT_SIGNAL_IGNORED_S:  # a launcher's dying burst: one request to stop
+        assert proc.returncode == 0 and out.split() == ["drained", "closed"]
+    else:  # asked again: now
+        assert proc.returncode == -signal.SIGTERM and "drained" not in out
