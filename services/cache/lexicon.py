@@ -185,3 +185,32 @@ PERMITTED_WORDS = _split(
     "legal legally lawful lawfully allowed permitted allow permit can may entitled eligible")
 FORBIDDEN_WORDS = _split(
     "illegal illegally unlawful unlawfully banned prohibited forbidden ban forbid never ineligible")
+
+#: What a short request asks done, by the word that names the task: "write a poem" and "explain
+#: what a poem is" want different answers whatever the topic. Words of one group name one task
+#: ("fix" / "debug", "summarise" / "summarize"); ``explain`` also stands for "what is ...", "how
+#: does ... work", "tell me about ..." and ``howto`` for "how do I ...", "how to ..." (see
+#: :func:`services.cache.features.task`). General English, one group a line.
+_TASK_GROUPS = {
+    "create": "write compose draft craft create generate build design invent produce draw paint sketch illustrate",
+    "solve": "solve calculate compute evaluate answer respond reply",
+    "fix": "fix debug correct proofread repair troubleshoot",
+    "edit": "rewrite rephrase paraphrase reword edit polish",
+    "improve": "improve optimise optimize enhance",
+    "shorten": "shorten shorter condense trim",
+    "translate": "translate translation",
+    "summarise": "summarise summarize summary summarising summarizing tldr",
+    "compare": "compare comparison vs versus difference differences",
+    "play": "play",
+    "quiz": "quiz ask",
+    "review": "review critique",
+    "organise": "prioritise prioritize rank organise organize",
+    "recommend": "suggest recommend best",
+    "howto": "steps tips guide teach",
+    "explain": "explain describe define definition meaning why",
+}
+#: ``word -> the task it names``.
+TASK_WORDS: dict[str, str] = {w: task for task, words in _TASK_GROUPS.items() for w in words.split()}
+#: Tasks named by a verb: the first of these in a request wins over ``recommend``, ``howto`` and
+#: ``explain``, which the framing of a question names ("how do I fix ..." asks a fix).
+VERB_TASKS = frozenset(_TASK_GROUPS) - {"recommend", "howto", "explain"}

@@ -1,11 +1,12 @@
 """Train the verifier and measure it: ``python -m services.cache.verifier train|score``.
 
-``train`` fits and calibrates on the labelled pairs (by default ``fow-cache``'s 600 and the 360 of
-``bench/data/cache_paraphrases.jsonl``, built from MT-Bench, GSM8K and MMLU prompts; or
-``--pairs FILE...``) and writes the artifact. ``score FILE`` decides every pair of a file in the
-same format with the artifact, through :meth:`Verifier.decide` itself, and prints hit and
-false-hit rates overall and per category, beside a fixed 0.8 cosine threshold and the best single
-cosine threshold with at most 2% false hits (chosen on the file itself, which flatters it).
+``train`` fits and calibrates on the labelled pairs (by default ``fow-cache``'s 600, the 360 of
+``bench/data/cache_paraphrases.jsonl``, built from MT-Bench, GSM8K and MMLU prompts, and the 143
+short, vague requests of ``bench/data/cache_vague_pairs.jsonl``; or ``--pairs FILE...``) and
+writes the artifact. ``score FILE`` decides every pair of a file in the same format with the
+artifact, through :meth:`Verifier.decide` itself, and prints hit and false-hit rates overall and
+per category, beside a fixed 0.8 cosine threshold and the best single cosine threshold with at
+most 2% false hits (chosen on the file itself, which flatters it).
 ``score FILE --cv`` instead cross-validates on the file: each fold is decided by a verifier
 trained and calibrated on the other folds only, so no pair is scored by a model or threshold
 that saw it, nor any pair sharing a question with it or a near copy of one (see
@@ -51,6 +52,9 @@ BEST_COSINE_BUDGET = 0.02
 NEAR_DUPLICATE_COSINE = 0.9
 #: The paraphrase set built from MT-Bench, GSM8K and MMLU prompts (scripts/build_paraphrase_pairs.py).
 PARAPHRASE_PAIRS = Path(__file__).resolve().parents[2] / "bench" / "data" / "cache_paraphrases.jsonl"
+#: Short, vague requests, hand-written: another task or topic in few words ("write a poem" / "write
+#: a story", "what is SQL?" / "write an SQL query") and true rewordings of them.
+VAGUE_PAIRS = PARAPHRASE_PAIRS.with_name("cache_vague_pairs.jsonl")
 
 
 class VerifierSettings(BaseSettings):
@@ -89,8 +93,8 @@ def default_pairs() -> Path:
 
 
 def training_files() -> list[Path]:
-    """What ``train`` learns from by default: fow-cache's pairs and the paraphrase set."""
-    return [default_pairs(), PARAPHRASE_PAIRS]
+    """What ``train`` learns from by default: fow-cache's pairs, the paraphrase set and the vague set."""
+    return [default_pairs(), PARAPHRASE_PAIRS, VAGUE_PAIRS]
 
 
 def read_pairs(path: Path) -> tuple[list[Pair], str]:
@@ -313,7 +317,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="fit and calibrate, write the artifact")
     p_train.add_argument("--pairs", type=Path, nargs="+", default=None,
-                         help="JSONL pair files (default: fow-cache's and bench/data/cache_paraphrases.jsonl)")
+                         help="JSONL pair files (default: fow-cache's, bench/data/cache_paraphrases.jsonl "
+                         "and bench/data/cache_vague_pairs.jsonl)")
     p_train.add_argument("--out", type=Path, default=None, help="artifact path (default: SF_CACHE_VERIFIER_FILE)")
     p_score = sub.add_parser("score", help="hit and false-hit rates on a JSONL pair file")
     p_score.add_argument("file", type=Path)

@@ -1,5 +1,5 @@
-"""The verifier trained and scored on real pairs (fow-cache's and bench/data/cache_paraphrases.jsonl),
-with the real embedding model.
+"""The verifier trained and scored on real pairs (fow-cache's, bench/data/cache_paraphrases.jsonl and
+bench/data/cache_vague_pairs.jsonl), with the real embedding model.
 
 Needs what ``make install`` sets up: the exported all-MiniLM-L6-v2 and the ``fow-cache`` package.
 """
@@ -48,8 +48,8 @@ def test_train_then_score(pairs_file: Path, tmp_path: Path, capsys: pytest.Captu
     main(["train", "--out", str(artifact), "--target", "0.01"])
     raw = json.loads(artifact.read_text())
     assert raw["target_false_hit_rate"] == 0.01
-    assert raw["trained_on"]["rows"] == 960 and len(raw["trained_on"]["sha256"]) == 64
-    assert len(raw["trained_on"]["sources"]) == 2  # fow-cache's pairs and the paraphrase set
+    assert raw["trained_on"]["rows"] == 1103 and len(raw["trained_on"]["sha256"]) == 64
+    assert len(raw["trained_on"]["sources"]) == 3  # fow-cache's pairs, the paraphrase set, the vague set
     assert raw["trained_on"]["oof_false_hit_rate"] <= 0.01
     assert raw["trained_on"]["oof_hit_rate"] > 0.3
 

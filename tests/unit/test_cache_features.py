@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.cache.features import FEATURE_NAMES, analyse, edit_distance, is_typo, pair_features, stem
+from services.cache.features import FEATURE_NAMES, analyse, edit_distance, is_typo, pair_features, stem, task, topic
 
 pytestmark = pytest.mark.unit
 
@@ -227,3 +227,66 @@ def test_diff_sees_one_changed_stretch_in_a_near_copy() -> None:
 def test_request_words_are_not_content() -> None:
     f = feats("What is the Marshall Plan?", "Can you explain what the Marshall Plan is?")
     assert f["unmatched_content"] == 0.0 and f["diff_blocks"] == 0.0
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("write a poem", "create"),
+    ("Compose a limerick", "create"),
+    ("give me a riddle", "create"),
+    ("explain recursion", "explain"),
+    ("What is Kubernetes?", "explain"),
+    ("how does a car engine work?", "explain"),
+    ("tell me about Rome", "explain"),
+    ("how do I install Kubernetes?", "howto"),
+    ("how to cook rice", "howto"),
+    ("What's the process for submitting an expense claim?", "howto"),
+    ("How do I fix my car engine?", "howto"),  # the steps, whatever the verb
+    ("fix this code", "fix"),
+    ("debug this code", "fix"),
+    ("summarize this article", "summarise"),
+    ("translate this into Spanish", "translate"),
+    ("which index fund should I buy?", "recommend"),
+    ("What's 15% of 200?", "solve"),
+    ("plan a trip to Rome", "plan"),
+    ("help me with my essay", "assist"),
+    ("Do you have parking?", None),
+    ("What's the API rate limit on the free plan?", "explain"),  # "plan" a noun, not the task
+])
+def test_task(text: str, expected: str | None) -> None:
+    assert task(analyse(text).tokens) == expected
+
+
+def test_topic_leaves_out_the_task_and_the_framing() -> None:
+    assert topic(analyse("Can you write a poem about the sea?")) == ("poem", "sea")
+    assert topic(analyse("How does the stock market work?")) == ("stock", "market")
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    ("explain recursion", "write a recursive function"),
+    ("what is Kubernetes?", "how do I install Kubernetes?"),
+    ("give me a riddle", "solve this riddle"),
+])
+def test_task_mismatch_in_short_requests(a: str, b: str) -> None:
+    assert feats(a, b)["task_mismatch_x_short"] == 1.0
+
+
+def test_same_task_rewordings_do_not_mismatch() -> None:
+    for a, b in (("what is inflation?", "explain inflation"), ("fix this code", "debug this code"),
+                 ("how do I cook rice?", "how to cook rice"), ("write a poem", "compose a poem")):
+        assert feats(a, b)["task_mismatch_x_short"] == 0.0, (a, b)
+
+
+def test_task_features_fade_in_long_questions() -> None:
+    long = feats("What are the entry requirements for the undergraduate law degree at your university?",
+                 "How do I apply for the undergraduate law degree at your university?")
+    assert 0.0 < long["task_mismatch_x_short"] < 0.5
+
+
+def test_topic_swapped_in_a_short_request() -> None:
+    f = feats("write a poem", "write a story")
+    assert f["task_mismatch_x_short"] == 0.0
+    assert f["topic_swapped_x_short"] == f["head_changed_x_short"] == 1.0
+    assert f["slot_swap_x_short"] > 0.5
+    added = feats("write a test", "write a test plan")
+    assert added["topic_added_x_short"] == 1.0 and added["topic_swapped_x_short"] == 0.0
+    assert feats("How do vaccines work?", "What are vaccines used for?")["explain_narrowed_x_short"] == 1.0

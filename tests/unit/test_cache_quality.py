@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from bench.cache_quality import cosine_curve, rates, shortfalls, subset
-from services.cache.quality import PARAPHRASE_PAIRS, Featurised, Pair, near_duplicate_groups, read_pair_files
+from services.cache.quality import (
+    PARAPHRASE_PAIRS,
+    VAGUE_PAIRS,
+    Featurised,
+    Pair,
+    near_duplicate_groups,
+    read_pair_files,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -86,3 +93,14 @@ def test_cosine_curve_runs_from_nothing_to_everything() -> None:
     false_hits, hits = cosine_curve(cosine, same)
     assert (false_hits[0], hits[0]) == (0.0, 0.0) and (false_hits[-1], hits[-1]) == (1.0, 1.0)
     assert hits == [0.0, 0.5, 0.5, 1.0, 1.0] and false_hits == [0.0, 0.0, 0.5, 0.5, 1.0]
+
+
+def test_vague_set_shape() -> None:
+    """Short, vague requests, hand-written: pairs of another task or topic and true rewordings, no
+    pair twice and no text paired with itself."""
+    rows = [json.loads(line) for line in VAGUE_PAIRS.read_text().splitlines() if line.strip()]
+    assert Counter(r["same_answer"] for r in rows) == {False: 93, True: 50}
+    assert {r["category"] for r in rows} == {"vague"}
+    assert len({(r["a"], r["b"]) for r in rows}) == len(rows)
+    for r in rows:
+        assert r["a"].strip() and r["b"].strip() and r["a"] != r["b"]
