@@ -127,7 +127,9 @@ async def measure_scale(sizes: Sequence[int], nats_url: str, *, seed: int, bucke
         exact = await ExactStore.open(nc.jetstream(), max_age_s=TTL_S, bucket=bucket)
         logic = CacheLogic(exact, index, embedder, verifier,
                            LookupPolicy(default_ttl_s=TTL_S, max_ttl_s=TTL_S, candidates=settings.candidates,
-                                        min_cosine=settings.min_cosine), instance_id="bench-scale")
+                                        min_cosine=settings.min_cosine,
+                                        # The whole decision, timed: not handed on before it is made.
+                                        overlap=False), instance_id="bench-scale")
         for base, _ in REAL:
             reason = await logic.learn(_announced(base))
             if reason.value != "ok":

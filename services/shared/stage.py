@@ -41,6 +41,12 @@ class Finish:
     reply: Final | ErrorReply
 
 
+#: How long an ``Overlap`` lets the hand-off run alone before deciding: until the next stage has
+#: taken the task, at most this long (a hand-off waiting for a free worker must not hold up an
+#: answer the decision may find).
+OVERLAP_HEAD_START_S = 0.005
+
+
 @dataclass(frozen=True)
 class Overlap:
     """Hand the task on now and decide meanwhile (the cache: a semantic lookup runs while the
@@ -132,8 +138,12 @@ class StageRunner:
 
         An answer the decision finds is served as soon as it is found, even while the hand-off
         still waits for a free worker, and also when no worker takes the task at all."""
-        decision = asyncio.create_task(self._decided(env, outcome.decide))
         delivery = asyncio.create_task(self._hop.deliver(advance(outcome.env)))
+        # The hand-off goes first: the decision's work (an embedding: CPU, in a thread) would
+        # otherwise hold up the message the client's answer waits for. The decision still has the
+        # model's whole time to first token to finish in.
+        await asyncio.wait({delivery}, timeout=OVERLAP_HEAD_START_S)
+        decision = asyncio.create_task(self._decided(env, outcome.decide))
         await asyncio.wait({decision, delivery}, return_when=asyncio.FIRST_COMPLETED)
         early = decision.result() if decision.done() else None
         answered = isinstance(early, Finish)
