@@ -4,10 +4,10 @@ target false-hit rate.
 Contract. :meth:`Verifier.decide` takes the new question, a cached question and the cosine of
 their embeddings and says whether the cached answer may be served. The weights come from
 labelled pairs (``a``, ``b``, ``same_answer``, ``category``: ``fow-cache``'s ``data/pairs.jsonl``,
-``bench/data/cache_paraphrases.jsonl`` and ``bench/data/cache_vague_pairs.jsonl``); the threshold is chosen on *out-of-fold* scores
-(grouped k-fold cross-validation: each pair is scored by a model that never saw it, nor any pair
-sharing a question with it or holding a near copy of one) as the lowest that accepts at most
-``target`` of the pairs that must not hit.
+``bench/data/cache_paraphrases.jsonl`` and ``bench/data/cache_vague_pairs.jsonl``); the threshold
+is chosen on *out-of-fold* scores (grouped k-fold cross-validation: each pair is scored by a model
+that never saw it, nor any pair sharing a question with it or holding a near copy of one) as the
+lowest that accepts at most ``target`` of the pairs that must not hit.
 Everything the decision needs (feature names, standardisation, weights, threshold, target, the
 training data's hash) is one JSON artifact, built at set-up (``python -m services.cache.verifier
 train``, see ``make install``) and loaded by the service at start; it is never committed.

@@ -45,15 +45,19 @@ def _seconds(value: str, header: str) -> float:
     return seconds
 
 
+def check_tag(tag: str, where: str) -> str:
+    """``tag``, or a 400 naming ``where`` when it is not one an answer can be stored with."""
+    if not _TAG.match(tag):
+        raise BadRequest(f"{where}: tag {tag[:70]!r} must be 1-64 characters of letters, digits and "
+                         "_ . : / = -", param=where)
+    return tag
+
+
 def _tags(values: list[str], where: str) -> list[str]:
     tags = [t for t in (v.strip() for v in values) if t]
     if len(tags) > MAX_TAGS:
         raise BadRequest(f"{where}: at most {MAX_TAGS} tags, got {len(tags)}", param=where)
-    for tag in tags:
-        if not _TAG.match(tag):
-            raise BadRequest(f"{where}: tag {tag[:70]!r} must be 1-64 characters of letters, digits and "
-                             "_ . : / = -", param=where)
-    return tags
+    return [check_tag(tag, where) for tag in tags]
 
 
 def _merge(policy: TenantCache, *, lookup: bool, store: bool, max_age_s: float | None, ttl_s: float | None,

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
@@ -229,6 +229,7 @@ def create_http_app(gateway: Gateway) -> FastAPI:
 
     @app.post("/v1/cache/purge", summary="Remove cached answers: your tenant's (by tag), or any (admin)",
               responses={**ERROR_RESPONSES, 403: {"description": "Another tenant's cache, without an admin key"},
+                         404: {"description": "An admin named a tenant that is not configured"},
                          502: {"description": "The purge failed in the cache service"}},
               openapi_extra={"requestBody": {"required": False, "content": {"application/json": {"schema": {
                   "type": "object", "additionalProperties": False, "properties": {
@@ -237,7 +238,8 @@ def create_http_app(gateway: Gateway) -> FastAPI:
     async def purge_cache(request: Request) -> dict[str, Any]:
         caller = gateway.gate.authenticate(request.headers.get("authorization"))
         raw = await read_body(request, 64 * 1024)
-        command = purge_command(decode_json(raw) if raw.strip() else {}, caller.tenant, caller.admin)
+        command = purge_command(decode_json(raw) if raw.strip() else {}, caller.tenant, caller.admin,
+                                gateway.gate.tenant_names)
         try:
             msg = await gateway.dispatcher.broker.request(command, CACHE_PURGE_SUBJECT, timeout=30.0)
         except Exception as exc:
@@ -264,9 +266,10 @@ def create_http_app(gateway: Gateway) -> FastAPI:
     return app
 
 
-def purge_command(body: Any, tenant: str, admin: bool) -> CachePurge:
+def purge_command(body: Any, tenant: str, admin: bool, tenants: Collection[str] = ()) -> CachePurge:
     """The purge a caller asked for: ``{"tag": T}`` (optional) purges the caller's own tenant; an
-    admin key may name another ``tenant``, or purge every tenant with ``"all": true``."""
+    admin key may name another ``tenant`` (one of ``tenants``, the configured ones), or purge every
+    tenant with ``"all": true``."""
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object: {\"tag\": ..., \"tenant\": ..., \"all\": ...}")
     unknown = sorted(set(body) - {"tenant", "tag", "all"})
@@ -283,6 +286,10 @@ def purge_command(body: Any, tenant: str, admin: bool) -> CachePurge:
                              param="all" if everyone else "tenant")
     if everyone and target is not None:
         raise BadRequest("all: give either all or tenant, not both", param="all")
+    if body.get("tag") is not None:
+        cache_control.check_tag(body["tag"], "tag")
+    if target is not None and target != tenant and target not in tenants:
+        raise NotFound(f"tenant: no tenant named {target[:70]!r} is configured", param="tenant")
     return CachePurge(tenant=None if everyone else (target or tenant), tag=body.get("tag"))
 
 

@@ -125,6 +125,10 @@ class Gate:
                 self._by_digest[key.digest] = (tenant, key)
         self._tenants = {t.name: t for t in config.tenants}
 
+    @property
+    def tenant_names(self) -> frozenset[str]:
+        return frozenset(self._tenants)
+
     def authenticate(self, authorization: str | None) -> Caller:
         if not authorization:
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
