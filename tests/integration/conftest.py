@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from contracts.subjects import KNOWN_STAGES
 from services.cache.service import CacheService
@@ -99,6 +100,17 @@ def stack_factory(tmp_path: Path) -> Iterator[Callable[[], Stack]]:
 
 def chat(content: str = "hello", **fields: Any) -> dict[str, Any]:
     return {"model": "smollm2-135m", "messages": [{"role": "user", "content": content}], **fields}
+
+
+@pytest.fixture
+def tenants_file(tmp_path: Path) -> Path:
+    """The shipped tenants plus one whose cache runs in shadow mode (the cache's tests)."""
+    config = yaml.safe_load((ROOT / "infra/config/tenants.yaml").read_text())
+    config["tenants"].append({"name": "shadowed", "keys": [{"id": "shadow-dev", "key": "sk-skinflint-shadow"}],
+                              "cache": {"mode": "shadow"}})
+    path = tmp_path / "tenants.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 __all__ = ["AUTH", "FakeEngine", "NatsServer", "chat", "running_cache", "running_ingress", "running_worker"]

@@ -6,99 +6,23 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import websockets
-import yaml
 
-from services.cache.service import CacheService
-from services.ingress.service import IngressService
-from services.shared import metrics
+from tests.integration.cache_chat import ACME, ADMIN, SHADOW, ask, chat_stack, outcome, stores_seen, until_declined
 from tests.integration.conftest import (
     AUTH,
-    ROOT,
     FakeEngine,
     NatsServer,
     chat,
     running_cache,
-    running_ingress,
-    running_worker,
 )
 from tests.support.usage_stream import usage_events
 
 pytestmark = pytest.mark.integration
-
-ACME = {"Authorization": "Bearer sk-skinflint-acme"}
-SHADOW = {"Authorization": "Bearer sk-skinflint-shadow"}
-ADMIN = {"Authorization": "Bearer sk-skinflint-admin"}
-
-
-@pytest.fixture
-def tenants_file(tmp_path: Path) -> Path:
-    """The shipped tenants plus one whose cache runs in shadow mode."""
-    config = yaml.safe_load((ROOT / "infra/config/tenants.yaml").read_text())
-    config["tenants"].append({"name": "shadowed", "keys": [{"id": "shadow-dev", "key": "sk-skinflint-shadow"}],
-                              "cache": {"mode": "shadow"}})
-    path = tmp_path / "tenants.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-@asynccontextmanager
-async def chat_stack(nats_url: str, tenants_file: Path, engine: FakeEngine | None = None,
-                     with_cache: bool = True) -> AsyncIterator[tuple[IngressService, httpx.AsyncClient,
-                                                                      CacheService | None]]:
-    async with AsyncExitStack() as stack:
-        cache = await stack.enter_async_context(running_cache(nats_url)) if with_cache else None
-        await stack.enter_async_context(running_worker(nats_url, engine=engine))
-        ingress, client = await stack.enter_async_context(
-            running_ingress(nats_url, tenants_file=str(tenants_file), pipeline=["cache", "infer"]))
-        for _ in range(100):  # until the worker's heartbeat reached ingress
-            if (await client.get("/readyz")).status_code == 200:
-                break
-            await asyncio.sleep(0.05)
-        yield ingress, client, cache
-
-
-def stores_seen(outcome: str | None = None) -> float:
-    """Announced answers the cache has handled so far (stored or declined; only those with
-    ``outcome`` when given), in this process."""
-    return sum(sample.value for family in metrics.CACHE_STORES.collect() for sample in family.samples
-               if sample.name.endswith("_total") and outcome in (None, sample.labels["outcome"]))
-
-
-async def until_declined(outcome: str, before: float) -> None:
-    for _ in range(200):
-        if stores_seen(outcome) > before:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"no announced answer was declined as {outcome!r}")
-
-
-async def ask(client: httpx.AsyncClient, body: dict[str, Any], headers: dict[str, str] | None = None,
-              learnt: bool = True) -> httpx.Response:
-    """POST a chat request; with ``learnt``, also wait until the cache has handled the answer's
-    announcement (a miss is learnt after the reply, off the client's path)."""
-    before = stores_seen()
-    r = await client.post("/v1/chat/completions", json=body, headers=headers)
-    assert r.status_code == 200, r.text
-    if learnt and r.headers.get("x-skinflint-cache") in ("miss", "bypass"):
-        for _ in range(200):
-            if stores_seen() > before:
-                break
-            await asyncio.sleep(0.01)
-        else:
-            raise AssertionError("the cache never handled the announced answer")
-    return r
-
-
-def outcome(r: httpx.Response) -> str:
-    return r.headers["x-skinflint-cache"]
 
 
 async def test_a_repeated_request_is_an_exact_hit_charged_nothing_and_saving_its_cost(
@@ -383,139 +307,3 @@ async def test_a_cache_that_fails_passes_the_request_on_to_the_model(
     assert r.json()["choices"][0]["message"]["content"]
     events = await usage_events(nats_server.url)
     assert events[r.headers["x-request-id"]]["cache_outcome"] == "skipped"
-
-
-# --- overlap: the model starts on an exact miss while the semantic lookup decides ---------------
-
-def counted(counter: Any, **labels: str) -> float:
-    """A counter's value in this process (the stage and the worker run in it), for ``labels``."""
-    return sum(sample.value for family in counter.collect() for sample in family.samples
-               if sample.name.endswith("_total") and all(sample.labels.get(k) == v for k, v in labels.items()))
-
-
-@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
-async def test_a_semantic_hit_decided_while_the_model_answers_drops_the_models_answer(
-    nats_server: NatsServer, tenants_file: Path, stream: bool
-) -> None:
-    engine = FakeEngine(seconds_per_token=0.05)  # still answering when the verdict comes
-    async with chat_stack(nats_server.url, tenants_file, engine=engine) as (_, client, _cache):
-        stored = await ask(client, chat("What is the capital of France?", temperature=0))
-        answer = stored.json()["choices"][0]["message"]["content"]
-        overlaps, served = counted(metrics.CACHE_OVERLAPS), counted(metrics.CACHE_VERDICTS, verdict="served")
-        body = chat("What's the capital of France?", temperature=0, stream=stream)
-        async with client.stream("POST", "/v1/chat/completions", json=body) as r:
-            headers = r.headers
-            raw = (await r.aread()).decode()
-    if stream:
-        events = [json.loads(line[6:]) for line in raw.splitlines()
-                  if line.startswith("data: ") and line != "data: [DONE]"]
-        text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
-    else:
-        text = json.loads(raw)["choices"][0]["message"]["content"]
-    assert headers["x-skinflint-cache"] == "semantic" and text == answer  # nothing of the model's mixed in
-    assert counted(metrics.CACHE_OVERLAPS) == overlaps + 1
-    assert counted(metrics.CACHE_VERDICTS, verdict="served") == served + 1
-    request_id = headers["x-request-id"]
-    assert request_id in engine.aborted  # the model's work stopped, unsent
-    event = (await usage_events(nats_server.url))[request_id]
-    assert (event["cache_outcome"], event["prompt_tokens"], event["completion_tokens"]) == ("semantic", 0, 0)
-
-
-async def test_a_miss_decided_while_the_model_answers_is_answered_noted_and_learnt(
-    nats_server: NatsServer, tenants_file: Path
-) -> None:
-    async with chat_stack(nats_server.url, tenants_file) as (_, client, _cache):
-        await ask(client, chat("How tall is Mount Everest?", temperature=0))  # the partition holds one
-        released = counted(metrics.CACHE_VERDICTS, verdict="released")
-        miss = await ask(client, chat("Who wrote the novel Don Quixote?", temperature=0))
-        reworded = await ask(client, chat("Who was the author of the novel Don Quixote?", temperature=0))
-        async with client.stream("POST", "/v1/chat/completions", json=chat(
-                "Who composed the opera Carmen?", temperature=0, stream=True)) as s:
-            streamed_headers = s.headers
-            streamed = [line async for line in s.aiter_lines() if line.startswith("data: ")]
-    assert outcome(miss) == "miss" and not miss.headers["x-skinflint-served-by"].startswith("cache:")
-    # Streaming: the note the verdict brought reaches the response's headers before the text.
-    assert streamed_headers["x-skinflint-cache"] == "miss" and streamed[-1] == "data: [DONE]" and len(streamed) > 2
-    assert counted(metrics.CACHE_VERDICTS, verdict="released") == released + 2  # the two misses
-    # Learnt with the embedding the verdict carried to the worker: a rewording now hits.
-    assert outcome(reworded) == "semantic"
-    assert reworded.json()["choices"][0]["message"]["content"] == miss.json()["choices"][0]["message"]["content"]
-    event = (await usage_events(nats_server.url))[miss.headers["x-request-id"]]
-    assert event["cache_outcome"] == "miss" and event["completion_tokens"] > 0
-
-
-async def test_a_verdict_that_never_comes_in_time_lets_the_model_answer_with_the_cache_skipped(
-    nats_server: NatsServer, tenants_file: Path
-) -> None:
-    async with running_cache(nats_server.url) as cache, \
-            running_worker(nats_server.url, cache_verdict_timeout_s=0.2), \
-            running_ingress(nats_server.url, tenants_file=str(tenants_file),
-                            pipeline=["cache", "infer"]) as (_, client):
-        await ask(client, chat("How tall is Mount Everest?", temperature=0))
-        assert cache.logic is not None
-        decide = cache.logic._semantic
-
-        async def slow(*args: Any, **kwargs: Any) -> Any:
-            await asyncio.sleep(1.0)  # a replica stalled past the worker's wait
-            return await decide(*args, **kwargs)
-
-        cache.logic._semantic = slow  # type: ignore[method-assign]
-        started = time.monotonic()
-        r = await ask(client, chat("Who painted the Mona Lisa?", temperature=0), learnt=False)
-        took = time.monotonic() - started
-    assert outcome(r) == "skipped" and r.json()["choices"][0]["message"]["content"]
-    assert took < 1.0  # the worker's wait, not the stalled lookup
-    event = (await usage_events(nats_server.url))[r.headers["x-request-id"]]
-    assert event["cache_outcome"] == "skipped" and event["completion_tokens"] > 0
-
-
-# --- exact hits answered by ingress itself --------------------------------------------------------
-
-@pytest.mark.parametrize("at_ingress", [True, False], ids=["ingress", "stage"])
-async def test_an_exact_hit_is_answered_by_ingress_or_by_the_stage_alike(
-    nats_server: NatsServer, tenants_file: Path, at_ingress: bool
-) -> None:
-    body = chat("Which river flows through Vienna?", temperature=0)
-    async with running_cache(nats_server.url) as cache, running_worker(nats_server.url), \
-            running_ingress(nats_server.url, tenants_file=str(tenants_file), pipeline=["cache", "infer"],
-                            exact_cache_at_ingress=at_ingress) as (ingress, client):
-        first = await ask(client, body)
-        hit = await ask(client, body)
-        fresh = await ask(client, chat("Which river flows through Budapest?", temperature=0), learnt=False)
-    answered_by = ingress.settings.instance_id if at_ingress else cache.settings.instance_id
-    assert outcome(hit) == "exact" and hit.headers["x-skinflint-served-by"] == f"cache:{answered_by}"
-    assert hit.json()["choices"][0]["message"]["content"] == first.json()["choices"][0]["message"]["content"]
-    assert outcome(fresh) == "miss"  # a miss goes on to the stage and the model either way
-    event = (await usage_events(nats_server.url))[hit.headers["x-request-id"]]
-    assert (event["cache_outcome"], event["prompt_tokens"], event["completion_tokens"]) == ("exact", 0, 0)
-    assert event["cache_source_completion_tokens"] == first.json()["usage"]["completion_tokens"]
-    assert event["worker"] == (f"cache:{answered_by}" if at_ingress else answered_by)
-
-
-async def test_ingress_never_answers_what_the_tenant_or_request_keeps_from_the_cache(
-    nats_server: NatsServer, tenants_file: Path
-) -> None:
-    body = chat("What colour are polar bears?", temperature=0)
-    async with chat_stack(nats_server.url, tenants_file) as (_, client, _cache):
-        await ask(client, body)
-        assert outcome(await ask(client, body)) == "exact"
-        no_cache = await ask(client, body, headers={"Cache-Control": "no-cache"}, learnt=False)
-        other_tenant = await ask(client, body, headers=ACME, learnt=False)
-    assert outcome(no_cache) == "bypass" and not no_cache.headers["x-skinflint-served-by"].startswith("cache:")
-    assert outcome(other_tenant) == "miss"
-
-
-async def test_a_semantic_hit_is_served_while_no_worker_takes_the_task(
-    nats_server: NatsServer, tenants_file: Path
-) -> None:
-    async with running_cache(nats_server.url), \
-            running_ingress(nats_server.url, tenants_file=str(tenants_file),
-                            pipeline=["cache", "infer"]) as (_, client):
-        async with running_worker(nats_server.url):
-            stored = await ask(client, chat("What is the tallest mountain in Africa?", temperature=0))
-        # No worker runs now: the hand-off to inference fails, the match found meanwhile still serves.
-        reworded = await ask(client, chat("what is the tallest mountain in Africa", temperature=0), learnt=False)
-        fresh = await client.post("/v1/chat/completions", json=chat("How deep is Lake Baikal?", temperature=0))
-    assert outcome(reworded) == "semantic"
-    assert reworded.json()["choices"][0]["message"]["content"] == stored.json()["choices"][0]["message"]["content"]
-    assert fresh.status_code == 503  # a miss still needs a worker
