@@ -56,7 +56,7 @@ $(EMBEDDER)/.complete: | $(CACHE_DATA)
 # The semantic cache's hit decision, trained and calibrated on fow-cache's pairs and the paraphrase
 # set in bench/data (a minute); trained again when its code or data change.
 # SF_CACHE_TARGET_FALSE_HIT_RATE sets the target (default 0.5%).
-$(VERIFIER): $(EMBEDDER)/.complete services/cache/features.py services/cache/lexicon.py services/cache/verifier.py services/cache/quality.py bench/data/cache_paraphrases.jsonl bench/data/cache_vague_pairs.jsonl | $(CACHE_DATA)
+$(VERIFIER): $(EMBEDDER)/.complete services/cache/features.py services/cache/text.py services/cache/intent.py services/cache/lexicon.py services/cache/verifier.py services/cache/quality.py bench/data/cache_paraphrases.jsonl bench/data/cache_vague_pairs.jsonl | $(CACHE_DATA)
 	$(PY) -m services.cache.verifier train --out $(VERIFIER)
 
 install: $(STAMP) $(CACHE_DATA) $(MODEL)/.complete $(EMBEDDER)/.complete $(VERIFIER)

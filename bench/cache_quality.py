@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from services.cache import features
+from services.cache import text
 from services.cache.quality import (
     BEST_COSINE_BUDGET,
     FIXED_COSINE,
@@ -108,17 +108,17 @@ def cosine_curve(cosine: npt.NDArray[np.float64], same: Bools) -> tuple[list[flo
 def decide_latency(verifier: Verifier, pairs: Sequence[Pair], cosine: npt.NDArray[np.float64]
                    ) -> dict[str, float]:
     """Microseconds per :meth:`Verifier.decide`: "cold", both texts never seen (every cache of
-    features.py emptied first: the worst case), and "warm", the cached question analysed before
-    (as a stored entry is) and the new one not."""
+    services/cache/text.py emptied first: the worst case), and "warm", the cached question analysed
+    before (as a stored entry is) and the new one not."""
     cold, warm = [], []
     for p, c in zip(pairs, cosine, strict=True):
-        for cache in (features.analyse, features.is_typo, features.stem):
+        for cache in (text.analyse, text.is_typo, text.stem):
             cache.cache_clear()
         started = time.perf_counter()
         verifier.decide(p.a, p.b, float(c))
         cold.append((time.perf_counter() - started) * 1e6)
-        features.analyse.cache_clear()
-        features.analyse(p.b)
+        text.analyse.cache_clear()
+        text.analyse(p.b)
         started = time.perf_counter()
         verifier.decide(p.a, p.b, float(c))
         warm.append((time.perf_counter() - started) * 1e6)

@@ -5,8 +5,8 @@ cut off in the middle of a conversation: the file is read as a stream of objects
 (``json.JSONDecoder.raw_decode``), and reading stops at the cut.
 
 :func:`strict_check` is deliberately *not* the cache's verifier (it shares no code with
-``services/cache/features.py``): a second opinion on a semantic hit, stricter, written from what
-makes two questions need different answers. Plain logic.
+``services/cache/features.py``, ``text.py`` or ``intent.py``): a second opinion on a semantic hit, stricter,
+written from what makes two questions need different answers. Plain logic.
 """
 
 from __future__ import annotations

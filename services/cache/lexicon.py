@@ -1,5 +1,6 @@
-"""The word lists the verifier's features read (:mod:`services.cache.features`): words that
-negate, opposites, number and date words, and the words a rewording changes freely.
+"""The word lists the verifier's features read (:mod:`services.cache.features`, :mod:`~services.cache.text`,
+:mod:`~services.cache.intent`): words that negate, opposites, number and date words, and the words a
+rewording changes freely.
 
 General English, not fitted to any data set: a word belongs here because of what it means."""
 
@@ -156,7 +157,7 @@ _SYNONYM_GROUPS = (
     "worth value", "spend pay", "spent paid", "earn make", "earns makes", "left remaining",
     "fix correct", "write compose draft", "story tale", "opening first", "rules regulations",
 )
-#: ``word -> its group``, for :func:`services.cache.features.is_typo`'s "the same word" test.
+#: ``word -> its group``, for :func:`services.cache.text.is_typo`'s "the same word" test.
 SYNONYMS: dict[str, frozenset[str]] = {}
 for _group in _SYNONYM_GROUPS:
     _words = frozenset(_group.split())
@@ -190,7 +191,7 @@ FORBIDDEN_WORDS = _split(
 #: what a poem is" want different answers whatever the topic. Words of one group name one task
 #: ("fix" / "debug", "summarise" / "summarize"); ``explain`` also stands for "what is ...", "how
 #: does ... work", "tell me about ..." and ``howto`` for "how do I ...", "how to ..." (see
-#: :func:`services.cache.features.task`). General English, one group a line.
+#: :func:`services.cache.intent.task`). General English, one group a line.
 _TASK_GROUPS = {
     "create": "write compose draft craft create generate build design invent produce draw paint sketch illustrate",
     "solve": "solve calculate compute evaluate answer respond reply",

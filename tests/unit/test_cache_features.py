@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.cache.features import FEATURE_NAMES, analyse, edit_distance, is_typo, pair_features, stem, task, topic
+from services.cache.features import FEATURE_NAMES, pair_features
+from services.cache.intent import task, topic
+from services.cache.text import analyse, edit_distance, is_typo, stem
 
 pytestmark = pytest.mark.unit
 
