@@ -36,6 +36,7 @@ import math
 import re
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
@@ -43,7 +44,10 @@ from nats.js.errors import BadRequestError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from contracts.subjects import CACHE_EXACT_BUCKET
+from contracts.v1 import ChatRequest
 from services.cache.entry import ExactEntry, MalformedEntry, decode, encode
+from services.shared import metrics
+from services.shared.canonical import exact_key
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,20 @@ def _check_key(key: str) -> str:
     if not _KEY.match(key):
         raise ValueError(f"cache key {key[:80]!r} must be 1-128 characters of [A-Za-z0-9_-] (a sha256 hex)")
     return key
+
+
+class ExactReader(Protocol):
+    async def get(self, tenant: str, key: str, max_age_s: float | None = None) -> ExactEntry | None: ...
+
+
+async def read_exact(store: ExactReader, tenant: str, request: ChatRequest,
+                     max_age_s: float | None) -> ExactEntry | None:
+    """The entry ``store`` holds for ``tenant``'s ``request`` (the exact key: the tenant and the
+    canonical request), the read timed (``skinflint_cache_lookup_seconds{kind="exact"}``)."""
+    started = time.perf_counter()
+    entry = await store.get(tenant, exact_key(tenant, request), max_age_s)
+    metrics.CACHE_LOOKUP_DURATION.labels("exact").observe(time.perf_counter() - started)
+    return entry
 
 
 class ExactStore:

@@ -49,6 +49,7 @@ from contracts.v1 import (
     TaskEnvelope,
 )
 from services.cache.entry import ExactEntry, entry_from_final, served_answer
+from services.cache.exact_store import read_exact
 from services.cache.fill import FillReason, may_store
 from services.cache.semantic import Candidate, Vector
 from services.cache.verifier import Decision
@@ -131,9 +132,7 @@ class CacheLogic:
             return Forward(env.model_copy(update={"cache": CacheNote(outcome=CacheOutcome.BYPASS, reason=reason,
                                                                       fill=fill)}))
         if not env.cache_exact_checked:  # ingress reads it first for the tenants it serves hits to
-            t0 = time.perf_counter()
-            entry = await self.exact.get(env.tenant, exact_key(env.tenant, env.request), control.max_age_s)
-            metrics.CACHE_LOOKUP_DURATION.labels("exact").observe(time.perf_counter() - t0)
+            entry = await read_exact(self.exact, env.tenant, env.request, control.max_age_s)
             if entry is not None:
                 return self._conclude(env, Match(entry, CacheOutcome.EXACT), None, started)
         question = last_user_text(env.request)
@@ -171,11 +170,10 @@ class CacheLogic:
         """Serve ``match`` (mode on), or hand the task on with what the lookup found."""
         control = env.cache_control
         fill = control.store and control.mode is not CacheMode.OFF
-        metrics.CACHE_LOOKUP_DURATION.labels("total").observe(time.perf_counter() - started)
         kind = match.kind if match is not None else CacheOutcome.MISS
-        metrics.CACHE_LOOKUPS.labels(control.mode.value, kind.value).inc()
-        if match is not None and control.mode is CacheMode.ON:
-            metrics.CACHE_HITS.labels(kind.value).inc()
+        served = match is not None and control.mode is CacheMode.ON
+        metrics.observe_cache_lookup(control.mode.value, kind.value, time.perf_counter() - started, served)
+        if match is not None and served:
             return Finish(self.replay(env, match))
         note = CacheNote(outcome=CacheOutcome.MISS, fill=fill)
         if match is not None:  # shadow: record what would have been served, serve nothing

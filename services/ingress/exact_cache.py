@@ -22,9 +22,8 @@ from nats.js.errors import BucketNotFoundError
 from contracts.subjects import CACHE_STAGE, Priority
 from contracts.v1 import CacheMode, CacheOutcome, Final, TaskEnvelope
 from services.cache.entry import served_answer
-from services.cache.exact_store import ExactStore
+from services.cache.exact_store import ExactStore, read_exact
 from services.shared import metrics
-from services.shared.canonical import exact_key
 from services.shared.usage import UsagePublisher, answered_without_model
 
 log = logging.getLogger(__name__)
@@ -36,10 +35,9 @@ BIND_RETRY_S = 5.0
 class ExactCache:
     """Reads the exact store for requests bound for the cache stage; see the module docstring."""
 
-    def __init__(self, broker: NatsBroker, instance_id: str, usage: UsagePublisher, *, enabled: bool = True) -> None:
+    def __init__(self, broker: NatsBroker, instance_id: str, usage: UsagePublisher) -> None:
         self._broker = broker
         self._usage = usage
-        self.enabled = enabled
         self.served_by = f"cache:{instance_id}"
         self._store: ExactStore | None = None
         self._next_bind = 0.0
@@ -48,7 +46,7 @@ class ExactCache:
         """Whether ingress reads the key: the cache stage is next, may serve (mode on, lookup
         allowed), and the client waits (interactive)."""
         control = env.cache_control
-        return (self.enabled and env.itinerary[:1] == [CACHE_STAGE] and env.priority is Priority.INTERACTIVE
+        return (env.itinerary[:1] == [CACHE_STAGE] and env.priority is Priority.INTERACTIVE
                 and control.mode is CacheMode.ON and control.lookup)
 
     async def _bound(self) -> ExactStore | None:
@@ -71,19 +69,16 @@ class ExactCache:
             return None, env
         started = time.perf_counter()
         try:
-            entry = await store.get(env.tenant, exact_key(env.tenant, env.request), env.cache_control.max_age_s)
+            entry = await read_exact(store, env.tenant, env.request, env.cache_control.max_age_s)
         except Exception as exc:  # the stage reads it again, and records a failure its way
             log.warning("exact cache read failed for %s (the cache stage tries): %s", env.request_id, exc)
             return None, env
-        elapsed = time.perf_counter() - started
-        metrics.CACHE_LOOKUP_DURATION.labels("exact").observe(elapsed)
         if entry is None:
             return None, env.model_copy(update={"cache_exact_checked": True})
         final = served_answer(entry, env.request_id, served_by=self.served_by, now=time.time(),
                               kind=CacheOutcome.EXACT)
-        metrics.CACHE_LOOKUP_DURATION.labels("total").observe(elapsed)
-        metrics.CACHE_LOOKUPS.labels(CacheMode.ON.value, CacheOutcome.EXACT.value).inc()
-        metrics.CACHE_HITS.labels(CacheOutcome.EXACT.value).inc()
+        metrics.observe_cache_lookup(CacheMode.ON.value, CacheOutcome.EXACT.value, time.perf_counter() - started,
+                                     served=True)
         # Charged before it is answered, as every service that ends a task does.
         try:
             await self._usage.publish(answered_without_model(env, final, self.served_by))

@@ -103,6 +103,17 @@ CACHE_LOOKUP_DURATION = Histogram(
     "semantic (index search and verifier), total (the whole stage).",
     ["kind"], buckets=LOOKUP_BUCKETS_S,
 )
+
+
+def observe_cache_lookup(mode: str, outcome: str, seconds: float, served: bool) -> None:
+    """One cache lookup concluded (by the cache stage, or by ingress's exact read): its time, its
+    outcome, and a hit when it was served."""
+    CACHE_LOOKUP_DURATION.labels("total").observe(seconds)
+    CACHE_LOOKUPS.labels(mode, outcome).inc()
+    if served:
+        CACHE_HITS.labels(outcome).inc()
+
+
 CACHE_STORES = Counter(
     "skinflint_cache_stores_total",
     "Announced answers the cache learned (outcome=ok) or declined, by why (services/cache/fill.py: "

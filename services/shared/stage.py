@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from faststream.nats import NatsBroker
 from nats.aio.subscription import Subscription
@@ -63,6 +63,7 @@ class Overlap:
 
 
 StageLogic = Callable[[TaskEnvelope], Awaitable[Forward | Finish | Overlap]]
+Outcome = TypeVar("Outcome", Forward | Finish, Forward | Finish | Overlap)
 
 
 class StageRunner:
@@ -106,14 +107,7 @@ class StageRunner:
         """Run the logic, then forward or answer. An optional stage whose logic fails passes the
         task on untouched (the skip recorded) instead of failing the request."""
         try:
-            try:
-                outcome = await self._logic(env)
-            except Exception as exc:
-                if not is_optional(env, self.name):
-                    raise
-                log.exception("optional stage %s failed on %s; it goes on without it", self.name, env.request_id)
-                outcome = Forward(skip_current(env, "failed", f"{type(exc).__name__}: {exc}"[:200]),
-                                  advanced=True)
+            outcome = await self._decided(env, self._logic(env))
             if isinstance(outcome, Overlap):
                 await self._overlap(env, outcome)
                 return
@@ -179,8 +173,7 @@ class StageRunner:
     async def _finish(self, env: TaskEnvelope, finish: Finish) -> None:
         await self._end(env, finish.reply, "answered" if isinstance(finish.reply, Final) else "error")
 
-    async def _decided(self, env: TaskEnvelope,
-                       decide: Coroutine[Any, Any, Forward | Finish]) -> Forward | Finish:
+    async def _decided(self, env: TaskEnvelope, decide: Awaitable[Outcome]) -> Outcome | Forward:
         """The decision, or, when it failed on an optional stage, the task going on without it."""
         try:
             return await decide
