@@ -8,13 +8,15 @@ so both see the same worker, bus and machine in the same run.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import math
 import os
 import random
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,9 +27,9 @@ import yaml
 from services.stack import ROOT, Stack, free_port, wait_for_port
 
 try:  # `python -m bench.<name>` from the repo root
-    from bench.common import MODEL, percentile
+    from bench.common import MODEL, Outcome, attempt, log, percentile, run_dir, save_json
 except ModuleNotFoundError:  # `python bench/<name>.py`: bench/ itself is on the path
-    from common import MODEL, percentile  # type: ignore[no-redef]
+    from common import MODEL, Outcome, attempt, log, percentile, run_dir, save_json  # type: ignore[no-redef]
 
 T = TypeVar("T")
 
@@ -142,6 +144,30 @@ class CacheStack:
 
     def stop(self) -> None:
         self.stack.stop()
+
+
+class BenchRun:
+    """One run of a cache bench: its folder (``out``), its ``meta`` (args, start and end times,
+    load averages) and the stack it started, if any. ``attempt`` wraps the run's body in
+    ``common.attempt``; cleaning up stops the stack and saves results.json: ``meta`` first, then
+    what ``results()`` returns at that moment (whatever the run got to)."""
+
+    def __init__(self, name: str, args: argparse.Namespace) -> None:
+        self.out = run_dir(name)
+        self.meta: dict[str, Any] = {"args": vars(args), "started": time.time(), "loadavg_start": os.getloadavg()}
+        self.stack: CacheStack | None = None
+
+    def clean_up(self, complete: bool, results: Callable[[], dict[str, Any]]) -> None:
+        if self.stack is not None:
+            log("stopping every process this run started")
+            self.stack.stop()
+        self.meta.update(finished=time.time(), complete=complete, loadavg_end=os.getloadavg())
+        save_json(self.out / "results.json", {"meta": self.meta, **results()})
+
+    @contextmanager
+    def attempt(self, results: Callable[[], dict[str, Any]]) -> Iterator[Outcome]:
+        with attempt(lambda complete: self.clean_up(complete, results)) as outcome:
+            yield outcome
 
 
 def wait_http_ok(url: str, stack: Stack, what: str, timeout_s: float) -> None:

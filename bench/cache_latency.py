@@ -36,7 +36,6 @@ import argparse
 import asyncio
 import hashlib
 import math
-import os
 import random
 import statistics
 import sys
@@ -295,24 +294,15 @@ def run_http(args: argparse.Namespace, stack: cc.CacheStack, meta: dict[str, Any
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     common.end_on_sigterm()
-    out = common.run_dir("cache_latency")
-    meta: dict[str, Any] = {"args": vars(args), "started": time.time(), "loadavg_start": os.getloadavg()}
+    run = cc.BenchRun("cache_latency", args)
+    meta, out = run.meta, run.out
     summary: dict[str, Any] = {}
     scale: list[ScaleRow] = []
-    stack: cc.CacheStack | None = None
 
-    def clean_up(complete: bool) -> None:
-        if stack is not None:
-            common.log("stopping every process this run started")
-            stack.stop()
-        meta.update(finished=time.time(), complete=complete, loadavg_end=os.getloadavg())
-        common.save_json(out / "results.json", {"meta": meta, "http": summary,
-                                                "scale": [asdict(r) for r in scale]})
-
-    with common.attempt(clean_up) as outcome:
+    with run.attempt(lambda: {"http": summary, "scale": [asdict(r) for r in scale]}) as outcome:
         common.log(f"starting nats-server, the cache stage, a worker (fake engine, first token after "
                    f"{args.first_token_ms:g} ms, 0 s/token after) and two ingresses")
-        stack = cc.start_cache_stack(out / "stack", worker_env={
+        stack = run.stack = cc.start_cache_stack(out / "stack", worker_env={
             "SF_FAKE_FIRST_TOKEN_S": str(args.first_token_ms / 1000)})
         if not args.skip_http:
             summary = run_http(args, stack, meta)

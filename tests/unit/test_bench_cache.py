@@ -12,7 +12,7 @@ import statistics
 import pytest
 
 from bench import cache_common as cc
-from bench import replay_sharegpt as replay
+from bench import replay_report as replay
 from bench import sharegpt
 
 pytestmark = pytest.mark.unit
