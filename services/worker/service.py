@@ -127,7 +127,6 @@ class WorkerService:
         self._interactive: Subscription | None = None
         #: Tasks the cache handed on before deciding, waiting for its verdict (see ``VerdictGate``).
         self._verdicts: dict[str, asyncio.Future[CacheVerdict]] = {}
-        self._verdict_sub: Subscription | None = None
         self.broker.subscriber(CANCEL_SUBJECT, title="cancel")(self.on_cancel)
         metrics.ENGINE_SLOTS.labels(settings.tier).set(self.capacity.slots)
         # Read off the admission counts when scraped, rather than kept beside them.
@@ -338,8 +337,7 @@ class WorkerService:
             self.engine = VllmEngine(self.settings)
         await self.broker.start()
         await ensure_streams(self.broker, (USAGE_STREAM, BULK_STREAM, BULK_RESULTS_STREAM))
-        self._verdict_sub = await self.broker.connection.subscribe(
-            cache_verdict_subject(self.identity.worker_id), cb=self._on_verdict_msg)
+        await self.broker.connection.subscribe(cache_verdict_subject(self.identity.worker_id), cb=self._on_verdict_msg)
         self._interactive = await lane.serve_hops(
             self.broker.connection, infer_subject(self.settings.tier, Priority.INTERACTIVE), WORKER_QUEUE_GROUP,
             self.on_task, self._refusal)
