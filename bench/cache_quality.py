@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from services.cache import text
+from services.cache import intent, text
 from services.cache.quality import (
     BEST_COSINE_BUDGET,
     FIXED_COSINE,
@@ -108,17 +108,18 @@ def cosine_curve(cosine: npt.NDArray[np.float64], same: Bools) -> tuple[list[flo
 def decide_latency(verifier: Verifier, pairs: Sequence[Pair], cosine: npt.NDArray[np.float64]
                    ) -> dict[str, float]:
     """Microseconds per :meth:`Verifier.decide`: "cold", both texts never seen (every cache of
-    services/cache/text.py emptied first: the worst case), and "warm", the cached question analysed
-    before (as a stored entry is) and the new one not."""
+    services/cache/text.py and intent.py emptied first: the worst case), and "warm", the cached
+    question analysed before (as a stored entry is) and the new one not."""
     cold, warm = [], []
     for p, c in zip(pairs, cosine, strict=True):
-        for cache in (text.analyse, text.is_typo, text.stem):
+        for cache in (text.analyse, text.is_typo, text.stem, intent.task):
             cache.cache_clear()
         started = time.perf_counter()
         verifier.decide(p.a, p.b, float(c))
         cold.append((time.perf_counter() - started) * 1e6)
         text.analyse.cache_clear()
-        text.analyse(p.b)
+        intent.task.cache_clear()
+        intent.task(text.analyse(p.b).tokens)
         started = time.perf_counter()
         verifier.decide(p.a, p.b, float(c))
         warm.append((time.perf_counter() - started) * 1e6)
