@@ -2,7 +2,7 @@
 
 from contracts.v1.cache import CacheControl, CacheMode, CacheNote, CacheOutcome
 from contracts.v1.chat import ChatMessage, ChatRequest, JsonSchemaFormat, ResponseFormat, StreamOptions, WireModel
-from contracts.v1.envelope import Route, StageMark, TaskEnvelope
+from contracts.v1.envelope import Route, RouteDecision, ShadowPick, StageMark, TaskEnvelope
 from contracts.v1.events import (
     AnswerAnnounced,
     CachePurge,
@@ -41,6 +41,8 @@ __all__ = [
     "Reply",
     "ResponseFormat",
     "Route",
+    "RouteDecision",
+    "ShadowPick",
     "StageMark",
     "StreamOptions",
     "TaskEnvelope",

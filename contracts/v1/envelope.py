@@ -17,11 +17,43 @@ class StageMark(WireModel):
     arrived_at: float = Field(description="Unix time the stage received the envelope.")
 
 
+class ShadowPick(WireModel):
+    """What a candidate policy, run beside the live one, would have picked (never acted on)."""
+
+    policy: str = Field(description="The candidate's name (routing.shadow[].name).")
+    tier: str = Field(description="The tier it would have sent the request to.")
+    score: float | None = Field(default=None, description="Its score (how likely the strong tier is needed).")
+    threshold: float | None = Field(default=None, description="Its threshold: strong at or above.")
+
+
+class RouteDecision(WireModel):
+    """How the classifier picked the tier of a routed request."""
+
+    tier: str = Field(description="The tier picked.")
+    policy: str = Field(description="What decided: 'rule:<name>', 'learned', 'length', 'min_tier', 'default'.")
+    score: float | None = Field(default=None, description="The policy's score in [0, 1]: how likely the strong "
+                                "tier is needed (none for a rule).")
+    threshold: float | None = Field(default=None, description="The threshold the score was held against.")
+    reason: str = Field(default="", description="A short human-readable why.")
+    shadow: list[ShadowPick] = Field(default_factory=list, description="Candidate policies' picks.")
+    cascade: bool = Field(default=False, description="The weak tier answers first; a failed check escalates.")
+
+
 class Route(WireModel):
     """Where the task is to be answered; set by ingress, refined later by the classifier."""
 
     model: str = Field(description="The public model name the client asked for.")
     tier: str = Field(description="The tier whose workers answer: e.g. 'small'.")
+    counterfactual_tier: str | None = Field(
+        default=None, description="The tier the request would have used without routing (the model it named, "
+        "or the configured default for 'auto'): what routing's savings are counted against.")
+    routed: bool = Field(default=False, description="The classifier picks the tier (its stage is on the slip).")
+    min_tier: str | None = Field(default=None, description="A tier the request asked not to go below "
+                                 "(X-Skinflint-Min-Tier).")
+    tenant_class: str | None = Field(default=None, description="The tenant's class, for routing rules.")
+    decision: RouteDecision | None = Field(default=None, description="The classifier's decision, once made.")
+    fallback_from: str | None = Field(default=None, description="The tier that was unavailable, when the task "
+                                      "went to that tier's fallback instead.")
 
 
 class TaskEnvelope(WireModel):

@@ -9,6 +9,7 @@ from pydantic import Field
 from contracts.subjects import Priority
 from contracts.v1.cache import CacheControl, CacheNote
 from contracts.v1.chat import ChatRequest, WireModel
+from contracts.v1.envelope import ShadowPick
 from contracts.v1.replies import Final
 
 
@@ -46,6 +47,15 @@ class UsageEvent(WireModel):
     cache_shadow_match: bool | None = Field(
         default=None, description="Shadow hit: whether the model's answer equals the one it would have served."
     )
+    counterfactual_tier: str | None = Field(
+        default=None, description="The tier the request would have used without routing (the model it named, or "
+        "the default for 'auto'); none: the tier that answered.")
+    route_policy: str | None = Field(default=None, description="Routed: what decided the tier (RouteDecision.policy).")
+    route_score: float | None = Field(default=None, description="Routed: the policy's score.")
+    route_threshold: float | None = Field(default=None, description="Routed: the threshold it was held against.")
+    route_shadow: list[ShadowPick] = Field(default_factory=list, description="Candidate policies' picks.")
+    fallback_from: str | None = Field(default=None, description="The tier that was unavailable, when its fallback "
+                                      "answered.")
     occurred_at: float = Field(description="Unix time the request finished.")
 
 

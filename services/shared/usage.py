@@ -18,7 +18,7 @@ from faststream.nats import NatsBroker
 from nats.js.client import JetStreamContext
 
 from contracts.subjects import USAGE_STREAM, USAGE_SUBJECT
-from contracts.v1 import CacheNote, CacheOutcome, ErrorReply, Final, TaskEnvelope, UsageEvent
+from contracts.v1 import CacheNote, CacheOutcome, ErrorReply, Final, Route, TaskEnvelope, UsageEvent
 from services.shared import lane
 from services.shared.broker import is_connected
 from services.shared.canonical import normalise_text
@@ -86,8 +86,19 @@ def answered_without_model(env: TaskEnvelope, reply: Final | ErrorReply, answere
         request_id=env.request_id, tenant=env.tenant, api_key_id=env.api_key_id, model=env.route.model,
         tier=env.route.tier, priority=env.priority, status="ok" if isinstance(reply, Final) else "error",
         prompt_tokens=0, completion_tokens=0, worker=answered_by, occurred_at=time.time(),
-        **cache_usage(note),
+        **cache_usage(note), **route_usage(env.route),
     )
+
+
+def route_usage(route: Route) -> dict[str, Any]:
+    """The usage event's routing fields: the tier without routing (what savings count against),
+    how a routed request's tier was picked, and a fallback taken."""
+    fields: dict[str, Any] = {"counterfactual_tier": route.counterfactual_tier, "fallback_from": route.fallback_from}
+    decision = route.decision
+    if decision is not None:
+        fields.update(route_policy=decision.policy, route_score=decision.score,
+                      route_threshold=decision.threshold, route_shadow=decision.shadow)
+    return fields
 
 
 def cache_usage(note: CacheNote | None, answer_text: str | None = None) -> dict[str, Any]:

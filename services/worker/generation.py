@@ -30,7 +30,7 @@ from contracts.v1 import (
 )
 from services.shared import metrics
 from services.shared.errors import BadRequest, SkinflintError
-from services.shared.usage import cache_usage
+from services.shared.usage import cache_usage, route_usage
 from services.worker.engine import Engine, EngineStep, GenerationParams
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,7 @@ def _usage(env: TaskEnvelope, who: WorkerIdentity, status: str, last: EngineStep
         worker=who.worker_id,
         occurred_at=time.time(),
         **cache_usage(env.cache, text),
+        **route_usage(env.route),
     )
 
 
