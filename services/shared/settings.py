@@ -57,6 +57,11 @@ class ServiceSettings(BaseSettings):
         description="Prices per tier. Accounting charges with it; every service checks at start-up that "
                     "the tiers it can answer with have a price.",
     )
+    tiers_file: str = Field(
+        default="infra/config/tiers.yaml",
+        description="Model tiers (self-hosted or upstream), public model names and routing; every service "
+                    "checks it at start-up (services/shared/tiers.py).",
+    )
     health_host: str = Field(
         default="127.0.0.1", description="Address of /healthz, /readyz and /metrics (0.0.0.0 in a container).")
     health_port: int = Field(
