@@ -223,7 +223,8 @@ class RowIn(BaseModel):
 
 
 def rows_file(path: Path) -> Path:
-    return path / ROWS_FILE if path.is_dir() else path
+    """A data folder's rows (a path without a suffix is taken for a folder), or the file itself."""
+    return path / ROWS_FILE if path.is_dir() or not path.suffix else path
 
 
 def read_rows(path: Path) -> list[Row]:
@@ -234,7 +235,7 @@ def read_rows(path: Path) -> list[Row]:
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as e:
-        hint = f": build it with `{BUILD_COMMAND}`" if path == DEFAULT_DATA or file.name == ROWS_FILE else ""
+        hint = f": build it with `{BUILD_COMMAND}`" if file.name == ROWS_FILE else ""
         raise SystemExit(f"{file}: cannot read ({e.strerror}){hint}") from None
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
