@@ -15,6 +15,8 @@ VERSION_PREFIX = "sf.v1"
 INFER_STAGE = "infer"
 #: The cache stage (exact and semantic answers); first on the itinerary, optional.
 CACHE_STAGE = "cache"
+#: The classifier stage (model routing): picks the tier of a routed request; optional.
+CLASSIFIER_STAGE = "classifier"
 
 
 class Priority(StrEnum):
@@ -129,4 +131,4 @@ def bulk_durable(tier: str) -> str:
 
 #: Every stage a request's itinerary may name, in the order a pipeline visits them. Stages arrive
 #: with their services (cache, classifier, retrieval); inference always ends the itinerary.
-KNOWN_STAGES: tuple[str, ...] = (CACHE_STAGE, INFER_STAGE)
+KNOWN_STAGES: tuple[str, ...] = (CACHE_STAGE, CLASSIFIER_STAGE, INFER_STAGE)

@@ -83,6 +83,9 @@ class HopAck(WireModel):
     instance: str = Field(description="The replica that answered.")
     reason: str | None = Field(default=None, description="Why it refused, if it did.")
     retry: bool = Field(default=False, description="Whether another replica may take it.")
+    status: int | None = Field(
+        default=None, ge=400, le=599, description="A refusal for good: the HTTP status it means (default 400). "
+        "503: the stage cannot serve now (an upstream provider is down); the sender tries the tier's fallback.")
     holds: bool = Field(
         default=False,
         description="The stage keeps the task until it answers (inference) and sends heartbeats; "

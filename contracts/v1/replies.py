@@ -29,6 +29,8 @@ class Accepted(WireModel):
     cache: CacheNote | None = Field(
         default=None, description="What the cache stage did before (ingress tells the client before any chunk)."
     )
+    tier: str | None = Field(default=None, description="The tier that answers (a routed request's pick).")
+    model: str | None = Field(default=None, description="The public model name that answers.")
 
 
 class Chunk(WireModel):

@@ -38,7 +38,9 @@ from services.cache.settings import CacheSettings
 from services.cache.verifier import ArtifactError, load
 from services.shared import metrics
 from services.shared.broker import is_connected, make_broker
+from services.shared.deployment import check_tiers
 from services.shared.settings import ConfigError
+from services.shared.slip import StageHop
 from services.shared.stage import StageRunner
 from services.shared.telemetry import setup_tracing
 from services.shared.validation import summary
@@ -51,6 +53,8 @@ class CacheService:
 
     def __init__(self, settings: CacheSettings) -> None:
         self.settings = settings
+        #: Where a task goes when its tier is unavailable (the stage forwards to inference).
+        self.fallbacks = check_tiers(settings.tiers_file, settings.pricebook_file).fallbacks()
         # Loaded before anything connects: a missing or mis-calibrated artifact, or a missing
         # embedding model, stops start-up with the command that builds it.
         try:
@@ -89,7 +93,8 @@ class CacheService:
             await nc.subscribe(CACHE_FILL_SUBJECT, queue=CACHE_FILL_QUEUE_GROUP, cb=self._on_announced),
             await nc.subscribe(CACHE_PURGE_SUBJECT, queue=CACHE_PURGE_QUEUE_GROUP, cb=self._on_purge),
         ]
-        self.runner = StageRunner(self.broker, CACHE_STAGE, s.instance_id, self.logic.lookup)
+        self.runner = StageRunner(self.broker, CACHE_STAGE, s.instance_id, self.logic.lookup,
+                                  hop=StageHop(self.broker, fallbacks=self.fallbacks))
         await self.runner.start()
         if self.index is not None:
             self._sweeper = asyncio.create_task(self._sweep())

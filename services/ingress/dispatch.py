@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 
 from faststream.nats import NatsBroker
@@ -60,7 +60,7 @@ class Inflight:
     """One request waiting for its replies."""
 
     env: TaskEnvelope
-    queue: asyncio.Queue[Chunk | Final | ErrorReply | CacheNote] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[Chunk | Final | ErrorReply | CacheNote | Accepted] = field(default_factory=asyncio.Queue)
     holder: str | None = None
     holder_since: float = 0.0
     handed_off_at: float | None = None
@@ -98,16 +98,19 @@ class Dispatcher:
     """Submits envelopes and yields their replies, failing fast when the holder dies.
 
     Contract of ``replies``: it yields a ``CacheNote`` when the request passed the cache stage
-    (at most one, before any text), ``Chunk`` messages (streaming only), and ends with exactly
-    one ``Final``; every failure, including timeouts and dead workers, is raised as a
+    (at most one, before any text), an ``Accepted`` naming the tier once the task's holder is
+    known (before any text), ``Chunk`` messages (streaming only), and ends with exactly one
+    ``Final``; every failure, including timeouts and dead workers, is raised as a
     ``SkinflintError`` carrying the HTTP status to answer with.
     """
 
     def __init__(self, broker: NatsBroker, instance_id: str, *, hop_timeout_s: float,
-                 liveness_s: float, optional_hop_timeout_s: float = 0.5) -> None:
+                 liveness_s: float, optional_hop_timeout_s: float = 0.5,
+                 fallbacks: Mapping[str, str] | None = None) -> None:
         self.broker = broker
         self.instance_id = instance_id
-        self.hop = StageHop(broker, ack_timeout_s=hop_timeout_s, optional_ack_timeout_s=optional_hop_timeout_s)
+        self.hop = StageHop(broker, ack_timeout_s=hop_timeout_s, optional_ack_timeout_s=optional_hop_timeout_s,
+                            fallbacks=fallbacks)
         self.workers = WorkerRegistry(liveness_s)
         self._inflight: dict[str, Inflight] = {}
 
@@ -134,6 +137,8 @@ class Dispatcher:
             entry.holder, entry.holder_since = reply.instance, time.monotonic()
             if reply.cache is not None:
                 entry.queue.put_nowait(reply.cache)
+            if reply.tier is not None:
+                entry.queue.put_nowait(reply)
             return
         if isinstance(reply, Final):
             timings = reply.timings or PathTimings()
@@ -146,7 +151,7 @@ class Dispatcher:
         return len(self._inflight)
 
     async def replies(self, env: TaskEnvelope,
-                      timeout_s: float) -> AsyncGenerator[CacheNote | Chunk | Final, None]:
+                      timeout_s: float) -> AsyncGenerator[CacheNote | Accepted | Chunk | Final, None]:
         entry = Inflight(env)
         self._inflight[env.request_id] = entry
         deadline = time.monotonic() + timeout_s
@@ -160,6 +165,8 @@ class Dispatcher:
                 # The first stage itself holds the task for long (inference): watch its heartbeats.
                 # A holder further down the slip names itself with an Accepted reply instead.
                 entry.holder, entry.holder_since = ack.instance, time.monotonic()
+                yield Accepted(request_id=env.request_id, stage=ack.stage, instance=ack.instance,
+                               tier=delivered.route.tier)
             while True:
                 reply = await self._next(entry, deadline, timeout_s)
                 if isinstance(reply, ErrorReply):
@@ -179,7 +186,7 @@ class Dispatcher:
                     await self.broker.publish(CancelRequest(request_id=env.request_id), CANCEL_SUBJECT)
 
     async def _next(self, entry: Inflight, deadline: float,
-                    timeout_s: float) -> Chunk | Final | ErrorReply | CacheNote:
+                    timeout_s: float) -> Chunk | Final | ErrorReply | CacheNote | Accepted:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -15,8 +15,8 @@ from typing import Any
 from opentelemetry import trace
 from pydantic import ValidationError
 
-from contracts.subjects import Priority, reply_subject
-from contracts.v1 import CacheControl, CacheNote, ChatRequest, Chunk, Final, Route, TaskEnvelope
+from contracts.subjects import CLASSIFIER_STAGE, Priority, reply_subject
+from contracts.v1 import Accepted, CacheControl, CacheNote, ChatRequest, Chunk, Final, Route, TaskEnvelope
 from services.ingress.cache_control import default as cache_defaults
 from services.ingress.dispatch import Dispatcher
 from services.ingress.exact_cache import ExactCache
@@ -26,7 +26,11 @@ from services.ingress.settings import IngressSettings
 from services.ingress.tenants import Caller, Gate
 from services.shared.broker import is_connected
 from services.shared.errors import BadRequest, NotFound
+from services.shared.tiers import TiersFile
 from services.shared.validation import problems
+
+#: The request header that keeps a routed request at or above a tier.
+MIN_TIER_HEADER = "X-Skinflint-Min-Tier"
 
 
 def new_request_id() -> str:
@@ -74,9 +78,10 @@ async def _only(reply: Final) -> AsyncGenerator[Final, None]:
 
 
 class Gateway:
-    def __init__(self, settings: IngressSettings, gate: Gate, dispatcher: Dispatcher,
+    def __init__(self, settings: IngressSettings, gate: Gate, dispatcher: Dispatcher, tiers: TiersFile,
                  exact_cache: ExactCache | None = None) -> None:
         self.settings = settings
+        self.tiers = tiers
         self.gate = gate
         self.dispatcher = dispatcher
         #: Answers exact cache hits without the hop to the cache stage (None: the stage does).
@@ -90,12 +95,33 @@ class Gateway:
             {"id": w.worker_id, "tier": w.tier, "inflight": w.inflight_interactive + w.inflight_bulk,
              "slots": w.slots} for w in workers]}
 
-    def route(self, req: ChatRequest) -> Route:
-        model = self.settings.models.get(req.model)
-        if model is None:
-            known = ", ".join(sorted(self.settings.models))
+    def route(self, req: ChatRequest, caller: Caller, min_tier: str | None = None) -> Route:
+        """Where ``req`` goes: its named model's tier, or (``auto``, or a tenant that routes every
+        request) the classifier's pick, with the default tier as the counterfactual and the
+        answer when the classifier is off or down. ``min_tier``: X-Skinflint-Min-Tier."""
+        routing = self.tiers.routing
+        auto = routing is not None and req.model == routing.auto_model
+        tier = routing.default_tier if auto and routing is not None else self.tiers.tier_of(req.model)
+        if tier is None:
+            known = ", ".join(sorted(self.tiers.public_models()))
             raise NotFound(f"the model {req.model!r} does not exist; available: {known}", param="model")
-        return Route(model=req.model, tier=model.tier)
+        classifier_on = routing is not None and CLASSIFIER_STAGE in self.settings.pipeline
+        routed = classifier_on and (caller.routing.mode == "all" or (auto and caller.routing.mode != "off"))
+        if min_tier is not None:
+            self._check_min_tier(req.model, tier, min_tier, routed)
+        return Route(model=req.model, tier=tier, counterfactual_tier=tier, routed=routed,
+                     min_tier=min_tier if routed else None, tenant_class=caller.routing.tenant_class)
+
+    def _check_min_tier(self, model: str, tier: str, min_tier: str, routed: bool) -> None:
+        routing = self.tiers.routing
+        ranked = [] if routing is None else [routing.weak, routing.strong]
+        if min_tier not in ranked:
+            raise BadRequest(f"{MIN_TIER_HEADER}: {min_tier!r} is not a routed tier "
+                             f"({', '.join(ranked) or 'this deployment does not route'})", param=MIN_TIER_HEADER)
+        if not routed and tier in ranked and ranked.index(tier) < ranked.index(min_tier):
+            raise BadRequest(f"{MIN_TIER_HEADER}: the model {model!r} is tier {tier!r}, below {min_tier!r}; "
+                             f"ask for a model of that tier, or for {routing.auto_model!r}"  # type: ignore[union-attr]
+                             , param=MIN_TIER_HEADER)
 
     def envelope(self, caller: Caller, req: ChatRequest, route: Route, request_id: str,
                  received_at: float, cache_control: CacheControl | None = None) -> TaskEnvelope:
@@ -107,7 +133,8 @@ class Gateway:
             request=req,
             route=route,
             reply_subject=reply_subject(self.dispatcher.instance_id, request_id),
-            itinerary=list(self.settings.pipeline),
+            # A named model passes straight through: the classifier is visited only to decide.
+            itinerary=[s for s in self.settings.pipeline if s != CLASSIFIER_STAGE or route.routed],
             deadline_at=received_at + self.settings.request_timeout_s,
             received_at=received_at,
             optional=list(self.settings.optional_stages),
@@ -116,7 +143,8 @@ class Gateway:
 
     async def answer(self, caller: Caller, req: ChatRequest, request_id: str,
                      received_at: float | None = None, observation: Observation | None = None,
-                     cache_control: CacheControl | None = None) -> AsyncGenerator[Chunk | Final, None]:
+                     cache_control: CacheControl | None = None,
+                     min_tier: str | None = None) -> AsyncGenerator[Chunk | Final, None]:
         """Admit the request against the caller's limits and yield its replies.
 
         Raises before yielding anything for errors known up front (404, 429, 503), so a
@@ -129,8 +157,9 @@ class Gateway:
         span.set_attribute("sf.tenant", caller.tenant)
         if observation is not None:
             observation.tenant = caller.tenant
-        route = self.route(req)
+        route = self.route(req, caller, min_tier)
         span.set_attribute("sf.tier", route.tier)
+        span.set_attribute("sf.route.routed", route.routed)
         if observation is not None:
             observation.tier = route.tier
         self.gate.admit(caller)
@@ -147,6 +176,12 @@ class Gateway:
                 async for reply in replies:
                     if isinstance(reply, CacheNote):
                         _noted(reply, span, observation)
+                        continue
+                    if isinstance(reply, Accepted | Final) and reply.tier is not None:
+                        span.set_attribute("sf.tier", reply.tier)
+                        if observation is not None:
+                            observation.tier = reply.tier
+                    if isinstance(reply, Accepted):
                         continue
                     if isinstance(reply, Final) and reply.cache is not None:
                         _noted(reply.cache, span, observation)

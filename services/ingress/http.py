@@ -22,6 +22,7 @@ from services.ingress import openai_format as fmt
 from services.ingress.dispatch import phases_ms
 from services.ingress.fields import published_schema
 from services.ingress.gateway import (
+    MIN_TIER_HEADER,
     Gateway,
     decode_json,
     new_request_id,
@@ -161,7 +162,8 @@ def create_http_app(gateway: Gateway) -> FastAPI:
         req = parse_chat_request(decode_json(raw))
         control = cache_control.from_headers(request.headers, caller.cache)
         observation.stream = req.stream
-        replies = gateway.answer(caller, req, request_id, observation=observation, cache_control=control)
+        replies = gateway.answer(caller, req, request_id, observation=observation, cache_control=control,
+                                 min_tier=request.headers.get(MIN_TIER_HEADER) or None)
         created = fmt.now()
         if req.stream:
             first = await _first(replies)  # errors up to here become proper status codes
@@ -169,7 +171,7 @@ def create_http_app(gateway: Gateway) -> FastAPI:
             return StreamingResponse(
                 _sse(request_id, created, req.model, first, replies, include_usage, observation),
                 media_type="text/event-stream",
-                headers={"cache-control": "no-cache", "x-accel-buffering": "no",
+                headers={"cache-control": "no-cache", "x-accel-buffering": "no", "x-skinflint-tier": observation.tier,
                          **cache_control.response_headers(observation.cache)},
             )
         final = await _final_unless_client_leaves(request, replies)
@@ -186,25 +188,28 @@ def create_http_app(gateway: Gateway) -> FastAPI:
             "x-skinflint-overhead-ms": f"{overhead_ms:.3f}",
             "x-skinflint-phases-ms": ",".join(f"{name}={ms:.3f}" for name, ms in phases.items()),
             "x-skinflint-served-by": final.served_by,
+            "x-skinflint-tier": final.tier,
             **cache_control.response_headers(final.cache),
         })
 
     @app.get("/v1/models", summary="List the models this deployment answers with")
     async def list_models(request: Request) -> dict[str, Any]:
         gateway.gate.authenticate(request.headers.get("authorization"))
-        return {"object": "list", "data": [
-            {"id": name, "object": "model", "created": 0, "owned_by": "skinflint",
-             "tier": route.tier, "description": route.description}
-            for name, route in sorted(settings.models.items())
-        ]}
+        return {"object": "list", "data": [_model(name) for name in sorted(gateway.tiers.public_models())]}
 
     @app.get("/v1/models/{model}", summary="Describe one model", responses=ERROR_RESPONSES)
     async def get_model(request: Request, model: str) -> dict[str, Any]:
         gateway.gate.authenticate(request.headers.get("authorization"))
-        route = settings.models.get(model)
-        if route is None:
+        if model not in gateway.tiers.public_models():
             raise NotFound(f"the model {model!r} does not exist", param="model")
-        return {"id": model, "object": "model", "created": 0, "owned_by": "skinflint", "tier": route.tier}
+        return _model(model)
+
+    def _model(name: str) -> dict[str, Any]:
+        """A model's listing: its tier, or for 'auto' the tiers it routes between."""
+        tiers = gateway.tiers
+        tier = tiers.tier_of(name)
+        return {"id": name, "object": "model", "created": 0, "owned_by": "skinflint",
+                "tier": tier if tier is not None else "auto", "description": tiers.public_models()[name]}
 
     @app.get("/v1/usage", summary="Usage and cost per tenant and tier", responses=ERROR_RESPONSES)
     async def usage(request: Request,

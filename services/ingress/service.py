@@ -14,8 +14,8 @@ from services.ingress.settings import IngressSettings
 from services.ingress.tenants import Gate, TenantsFile
 from services.shared.asgi_server import AsgiServer
 from services.shared.broker import ensure_streams, make_broker
-from services.shared.deployment import check_optional, check_pipeline, check_priced, load_pricebook
-from services.shared.settings import env_name, load_config_file
+from services.shared.deployment import check_optional, check_pipeline, check_tiers
+from services.shared.settings import load_config_file
 from services.shared.telemetry import setup_tracing
 from services.shared.usage import UsagePublisher
 
@@ -32,17 +32,17 @@ class IngressService:
         # The whole configuration is checked before anything connects (exit 78 on a mistake).
         check_pipeline(settings.pipeline, stages)
         check_optional(settings.optional_stages, stages)
-        check_priced({f"{env_name('models')}.{name}": route.tier for name, route in settings.models.items()},
-                     load_pricebook(settings.pricebook_file), settings.pricebook_file)
+        self.tiers = check_tiers(settings.tiers_file, settings.pricebook_file)
         provider = setup_tracing(self.name, settings)
         self.broker = make_broker(self.name, settings, provider)
         self.dispatcher = Dispatcher(self.broker, settings.instance_id, hop_timeout_s=settings.hop_timeout_s,
                                      liveness_s=settings.worker_liveness_s,
-                                     optional_hop_timeout_s=settings.optional_hop_timeout_s)
+                                     optional_hop_timeout_s=settings.optional_hop_timeout_s,
+                                     fallbacks=self.tiers.fallbacks())
         self.usage = UsagePublisher(self.broker)
         exact_cache = ExactCache(self.broker, settings.instance_id, self.usage) \
             if settings.exact_cache_at_ingress and CACHE_STAGE in settings.pipeline else None
-        self.gateway = Gateway(settings, gate, self.dispatcher, exact_cache)
+        self.gateway = Gateway(settings, gate, self.dispatcher, self.tiers, exact_cache)
         self.app = create_http_app(self.gateway)
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 

@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from services.shared.settings import ServiceSettings
-
-
-class ModelRoute(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    tier: str = Field(description="Tier whose workers answer this public model name.")
-    description: str = Field(default="", description="Shown in GET /v1/models.")
 
 
 class IngressSettings(ServiceSettings):
     host: str = Field(default="127.0.0.1", description="HTTP bind address.")
     port: int = Field(default=8000, ge=0, le=65535, description="HTTP port (0: any free port).")
     tenants_file: str = Field(default="infra/config/tenants.yaml", description="API keys and limits.")
-    models: dict[str, ModelRoute] = Field(
-        default_factory=lambda: {"smollm2-135m": ModelRoute(tier="small", description="SmolLM2-135M-Instruct")},
-        description="Public model names and the tier that serves each.",
-    )
     pipeline: list[str] = Field(
-        default_factory=lambda: ["cache", "infer"],
-        description="Stages every request visits, in order; switch a stage off by leaving it out.",
+        default_factory=lambda: ["cache", "classifier", "infer"],
+        description="Stages every request visits, in order; switch a stage off by leaving it out (the "
+                    "classifier is visited only by routed requests: model 'auto', or a tenant that routes all).",
     )
     optional_stages: list[str] = Field(
-        default_factory=lambda: ["cache"],
+        default_factory=lambda: ["cache", "classifier"],
         description="Stages a request goes on without when no replica takes it at once or it fails there "
                     "(a lever that is down costs savings, never answers). Inference never is.",
     )

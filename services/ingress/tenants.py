@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -48,6 +49,22 @@ class TenantCache(BaseModel):
     ttl_s: float | None = Field(default=None, gt=0, description="How long answers are kept (default: the stage's).")
 
 
+class TenantRouting(BaseModel):
+    """A tenant's routing (``routing:`` in the tenants file)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    mode: Literal["auto", "all", "off"] = Field(
+        default="auto",
+        description="auto: requests for the 'auto' model are routed, a named model answers as named; all: every "
+                    "request is routed (a named model is then what savings count against); off: 'auto' gets the "
+                    "default tier, unrouted.",
+    )
+    tenant_class: str | None = Field(
+        default=None, alias="class", pattern=r"^[A-Za-z0-9_.-]+$",
+        description="The tenant's class (free, pro, ...), for routing rules (routing.rules[].tenant_class).")
+
+
 class TenantConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -58,6 +75,8 @@ class TenantConfig(BaseModel):
     max_concurrent: int = Field(default=64, ge=1, description="Requests in flight at once (429 above).")
     admin: bool = Field(default=False, description="May read every tenant's usage and purge every tenant's cache.")
     cache: TenantCache = Field(default_factory=TenantCache, description="The cache's policy for this tenant.")
+    routing: TenantRouting = Field(default_factory=TenantRouting, description="How this tenant's requests are "
+                                   "routed between tiers.")
 
 
 class TenantsFile(BaseModel):
@@ -104,6 +123,7 @@ class Caller:
     key_id: str
     admin: bool
     cache: TenantCache = field(default_factory=TenantCache)
+    routing: TenantRouting = field(default_factory=TenantRouting)
 
 
 class Gate:
@@ -141,7 +161,8 @@ class Gate:
         if found is None:
             raise Unauthorized("invalid API key")
         tenant, key = found
-        return Caller(tenant=tenant.name, key_id=key.id, admin=tenant.admin, cache=tenant.cache)
+        return Caller(tenant=tenant.name, key_id=key.id, admin=tenant.admin, cache=tenant.cache,
+                      routing=tenant.routing)
 
     def admit(self, caller: Caller) -> None:
         """Count one request against the caller's limits; pair with ``release``."""

@@ -12,6 +12,7 @@ from collections.abc import Collection, Mapping, Sequence
 from contracts.subjects import INFER_STAGE, KNOWN_STAGES
 from services.accounting.pricing import PriceBook
 from services.shared.settings import ConfigError, env_name, load_config_file
+from services.shared.tiers import TiersFile, load_tiers
 
 
 def check_pipeline(pipeline: Sequence[str], known: Collection[str] = KNOWN_STAGES,
@@ -55,3 +56,12 @@ def check_priced(answerers: Mapping[str, str], pricebook: PriceBook, pricebook_f
         if tier not in pricebook.tiers:
             raise ConfigError(f"{where}: tier {tier!r} has no price in {pricebook_file} "
                               f"(tiers.{tier} is missing; priced tiers: {', '.join(sorted(pricebook.tiers))})")
+
+
+def check_tiers(tiers_file: str, pricebook_file: str) -> TiersFile:
+    """The tiers file, validated, with a price for every tier it has (a tier nobody priced would
+    be charged $0 without a word)."""
+    tiers = load_tiers(tiers_file)
+    check_priced({f"{tiers_file}: tiers.{name}": name for name in tiers.tiers}, load_pricebook(pricebook_file),
+                 pricebook_file)
+    return tiers

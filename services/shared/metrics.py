@@ -71,6 +71,25 @@ BULK_BACKLOG = Gauge(
     "skinflint_bulk_backlog_messages",
     "Bulk tasks waiting in the tier's work queue (not yet pulled by any worker).", ["tier"])
 
+# --- upstream tiers: the provider behind an upstream worker ---------------------------------
+UPSTREAM_REQUESTS = Counter(
+    "skinflint_upstream_requests_total",
+    "Requests an upstream worker forwarded to its provider, by outcome: ok, client_error (the "
+    "provider refused the request: a 400), auth_error, rate_limited, server_error, connection_error, "
+    "timeout, bad_answer (not an OpenAI answer), breaker_open (refused unsent), aborted.",
+    ["tier", "outcome"],
+)
+UPSTREAM_RETRIES = Counter(
+    "skinflint_upstream_retries_total", "Requests to a provider sent again after a failure before any output.",
+    ["tier"])
+UPSTREAM_BREAKER_STATE = Gauge(
+    "skinflint_upstream_breaker_state", "The provider's circuit breaker: 0 closed, 1 half-open, 2 open.", ["tier"])
+UPSTREAM_DURATION = Histogram(
+    "skinflint_upstream_seconds",
+    "A forwarded request at its provider, retries included: from the first attempt to the answer's last byte.",
+    ["tier"], buckets=(0.001, 0.0025, 0.005, *LATENCY_BUCKETS_S[1:]),
+)
+
 # --- every stage on the routing slip (the worker is the 'infer' stage) -----------------------
 STAGE_OUTCOMES = Counter(
     "skinflint_stage_outcomes_total",
@@ -184,3 +203,34 @@ def observe_usage(event: UsageEvent, stage: str) -> None:
     if event.cache_shadow != "none":
         match = "n/a" if event.cache_shadow_match is None else str(event.cache_shadow_match).lower()
         CACHE_SHADOW.labels(event.cache_shadow, match).inc()
+
+# --- tiers and routing ----------------------------------------------------------------------
+#: A routing decision: tens of microseconds (rules, a score) to milliseconds (an embedding).
+DECISION_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
+ROUTE_DECISIONS = Counter(
+    "skinflint_route_decisions_total",
+    "Routed requests by the tier picked and what picked it (policy: learned, length, rule, min_tier, "
+    "default).",
+    ["tier", "policy"],
+)
+ROUTE_DECISION_DURATION = Histogram(
+    "skinflint_route_decision_seconds",
+    "The classifier's time on one decision, by whether it had to embed the question itself.",
+    ["embedded"], buckets=DECISION_BUCKETS_S,
+)
+ROUTE_SHADOW = Counter(
+    "skinflint_route_shadow_total",
+    "Candidate policies' picks beside the live ones (agree: both picked the same tier).",
+    ["policy", "tier", "live_tier"],
+)
+TIER_FALLBACKS = Counter(
+    "skinflint_tier_fallbacks_total",
+    "Tasks sent to a tier's fallback because the tier was unavailable.",
+    ["tier", "fallback"],
+)
+ROUTING_SAVED = Counter(
+    "skinflint_routing_saved_usd_total",
+    "What routing saved: the request priced at its counterfactual tier less at the tier that answered "
+    "(negative when it cost more), per tenant and tier.",
+    ["tenant", "tier"],
+)

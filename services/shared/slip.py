@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 
 from faststream.nats import NatsBroker
 from nats.errors import NoRespondersError
@@ -75,6 +76,12 @@ def skip_current(env: TaskEnvelope, why: str, detail: str) -> TaskEnvelope:
     return nxt
 
 
+def with_tier(env: TaskEnvelope, tier: str) -> TaskEnvelope:
+    """The envelope sent to ``tier``'s fallback instead: the first unavailable tier is recorded."""
+    route = env.route.model_copy(update={"tier": tier, "fallback_from": env.route.fallback_from or env.route.tier})
+    return env.model_copy(update={"route": route})
+
+
 def mark_arrival(env: TaskEnvelope, stage: str, instance: str) -> None:
     env.marks.append(StageMark(stage=stage, instance=instance, arrived_at=time.time()))
 
@@ -87,8 +94,11 @@ class StageHop:
     """
 
     def __init__(self, broker: NatsBroker, *, ack_timeout_s: float = 5.0, busy_retries: int = 8,
-                 busy_backoff_s: float = 0.05, optional_ack_timeout_s: float = 0.5) -> None:
+                 busy_backoff_s: float = 0.05, optional_ack_timeout_s: float = 0.5,
+                 fallbacks: Mapping[str, str] | None = None) -> None:
         self._broker = broker
+        #: Tier -> the tier that answers while it is unavailable (``tiers.yaml``: no cycles).
+        self._fallbacks = dict(fallbacks or {})
         self._ack_timeout_s = ack_timeout_s
         self._busy_retries = busy_retries
         self._busy_backoff_s = busy_backoff_s
@@ -115,7 +125,17 @@ class StageHop:
                 why, err = "refused", exc
             log.warning("task %s goes on without stage %r: %s", env.request_id, current_stage(env), err.message)
             env = skip_current(env, why, err.message)
-        return await self.send(env), env
+        while True:
+            try:
+                return await self.send(env), env
+            except Unavailable as exc:
+                fallback = self._fallbacks.get(env.route.tier) if current_stage(env) == INFER_STAGE else None
+                if fallback is None:
+                    raise
+                log.warning("task %s: tier %r is unavailable (%s); its fallback %r answers", env.request_id,
+                            env.route.tier, exc.message, fallback)
+                metrics.TIER_FALLBACKS.labels(env.route.tier, fallback).inc()
+                env = with_tier(env, fallback)
 
     async def send(self, env: TaskEnvelope, *, ack_timeout_s: float | None = None,
                    busy_retries: int | None = None) -> HopAck:
@@ -140,8 +160,10 @@ class StageHop:
             if ack.accepted:
                 return ack
             if not ack.retry:
-                raise SkinflintError(ack.reason or f"the {stage!r} stage refused the task", status=400,
-                                     code="rejected")
+                reason = ack.reason or f"the {stage!r} stage refused the task"
+                if ack.status == 503:
+                    raise Unavailable(reason, code="tier_unavailable")
+                raise SkinflintError(reason, status=ack.status or 400, code="rejected")
             if attempt < retries:
                 await asyncio.sleep(self._busy_backoff_s * (attempt + 1))
         raise Unavailable(f"every {stage!r} replica is at capacity; retry shortly", code="overloaded")

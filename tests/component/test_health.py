@@ -26,12 +26,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.accounting.service import AccountingService
 from services.accounting.settings import AccountingSettings
 from services.ingress.service import IngressService
-from services.ingress.settings import IngressSettings, ModelRoute
+from services.ingress.settings import IngressSettings
 from services.shared.runner import Service, serve
 from services.stack import free_port
 from services.worker.service import WorkerService
 from services.worker.settings import WorkerSettings
 from tests.conftest import ROOT
+from tests.support.config import TEST_TIERS
 from tests.support.fakes import FakeEngine
 from tests.support.natsd import NatsServer
 
@@ -179,7 +180,7 @@ async def services(fresh_nats_server: NatsServer, tmp_path: Path) -> AsyncIterat
         pricebook_file=str(ROOT / "infra/config/pricebook.yaml")))
     ingress = IngressService(IngressSettings(
         nats_url=url, port=0, tenants_file=str(ROOT / "infra/config/tenants.yaml"),
-        models={"smollm2-135m": ModelRoute(tier="small")}, drain_timeout_s=10))
+        tiers_file=TEST_TIERS, drain_timeout_s=10))
     async with served(accounting) as accounting_port, served(worker) as worker_port:
         await ingress.start()
         try:

@@ -21,10 +21,11 @@ from contracts.v1 import Chunk, ErrorReply, Final, HopAck, TaskEnvelope, TokenUs
 from services.ingress.dispatch import Dispatcher
 from services.ingress.gateway import Gateway
 from services.ingress.http import create_http_app
-from services.ingress.settings import IngressSettings, ModelRoute
+from services.ingress.settings import IngressSettings
 from services.ingress.tenants import Gate, TenantsFile
 from services.shared.broker import make_broker
 from services.shared.settings import load_config_file
+from services.shared.tiers import load_tiers
 from tests.support.natsd import NatsServer
 
 pytestmark = pytest.mark.component
@@ -75,12 +76,15 @@ def scripted_worker(nats_url: str) -> NatsBroker:
 @pytest.fixture
 async def client(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[httpx.AsyncClient]:
     (tmp_path / "tenants.yaml").write_text(TENANTS)
+    (tmp_path / "tiers.yaml").write_text(f"tiers: {{{TIER}: {{kind: vllm, model: smollm2-135m}}}}\n"
+                                         f"models: {{smollm2-135m: {{tier: {TIER}}}}}\n")
     settings = IngressSettings(nats_url=nats_server.url, tenants_file=str(tmp_path / "tenants.yaml"),
                                instance_id=f"ing-{uuid.uuid4().hex[:8]}", max_body_bytes=4096,
-                               models={"smollm2-135m": ModelRoute(tier=TIER)})
+                               tiers_file=str(tmp_path / "tiers.yaml"))
     broker = make_broker("ingress", settings, None)
     dispatcher = Dispatcher(broker, settings.instance_id, hop_timeout_s=1, liveness_s=5)
-    gateway = Gateway(settings, Gate(load_config_file(settings.tenants_file, TenantsFile)), dispatcher)
+    gateway = Gateway(settings, Gate(load_config_file(settings.tenants_file, TenantsFile)), dispatcher,
+                      load_tiers(settings.tiers_file))
     app = create_http_app(gateway)
     worker = scripted_worker(nats_server.url)
     await broker.start()

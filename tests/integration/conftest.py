@@ -15,17 +15,16 @@ from contracts.subjects import KNOWN_STAGES
 from services.cache.service import CacheService
 from services.cache.settings import CacheSettings
 from services.ingress.service import IngressService
-from services.ingress.settings import IngressSettings, ModelRoute
+from services.ingress.settings import IngressSettings
 from services.stack import Stack
 from services.worker.service import WorkerService
 from services.worker.settings import WorkerSettings
+from tests.support.config import TEST_TIERS
 from tests.support.fakes import FakeEngine
 from tests.support.natsd import NatsServer
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH = {"Authorization": "Bearer sk-skinflint-demo"}
-#: "ghost" is priced but no test starts a worker for its tier.
-MODELS = {"smollm2-135m": ModelRoute(tier="small"), "ghost": ModelRoute(tier="large")}
 #: Stages a test pipeline may name: the real ones and the probes tests run themselves.
 TEST_STAGES = (*KNOWN_STAGES, "probe", "probe2", "probe3", "lonely")
 
@@ -34,7 +33,7 @@ TEST_STAGES = (*KNOWN_STAGES, "probe", "probe2", "probe3", "lonely")
 async def running_ingress(
     nats_url: str, stages: tuple[str, ...] = TEST_STAGES, **overrides: Any
 ) -> AsyncIterator[tuple[IngressService, httpx.AsyncClient]]:
-    settings = IngressSettings(**{"nats_url": nats_url, "port": 0, "models": MODELS, "drain_timeout_s": 10,
+    settings = IngressSettings(**{"nats_url": nats_url, "port": 0, "tiers_file": TEST_TIERS, "drain_timeout_s": 10,
                                   "tenants_file": str(ROOT / "infra/config/tenants.yaml"), **overrides})
     service = IngressService(settings, stages)
     await service.start()

@@ -28,8 +28,11 @@ def start(module: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
      "SF_PIPELINE.0: 'cahce' is not a stage skinflint has"),
     ("services.ingress", {"SF_OPTIONAL_STAGES": '["infer"]', "SF_PORT": "0"},
      "SF_OPTIONAL_STAGES.0: 'infer' cannot be optional"),
-    ("services.ingress", {"SF_MODELS": '{"gold": {"tier": "gold"}}', "SF_PORT": "0"},
-     "SF_MODELS.gold: tier 'gold' has no price in infra/config/pricebook.yaml"),
+    ("services.ingress", {"SF_TIERS_FILE": "tests/support/tiers-unpriced.yaml", "SF_PORT": "0"},
+     "tests/support/tiers-unpriced.yaml: tiers.gold: tier 'gold' has no price in infra/config/pricebook.yaml"),
+    ("services.classifier", {"SF_TIERS_FILE": "tests/support/tiers-unpriced.yaml"},
+     "tiers.gold: tier 'gold' has no price"),
+    ("services.cache", {"SF_TIERS_FILE": "infra/config/nope.yaml"}, "infra/config/nope.yaml: file not found"),
     ("services.worker", {"SF_TIER": "gold"}, "SF_TIER: tier 'gold' has no price in infra/config/pricebook.yaml"),
     ("services.worker", {"SF_MAX_NUM_SEQS": "0"}, "SF_MAX_NUM_SEQS: Input should be greater than or equal to 1"),
     ("services.accounting", {"SF_PRICEBOOK_FILE": "infra/config/nope.yaml"}, "infra/config/nope.yaml: file not found"),
@@ -50,3 +53,12 @@ def test_a_price_book_without_its_reference_tier_stops_accounting(tmp_path: Path
     done = start("services.accounting", {"SF_PRICEBOOK_FILE": str(book)})
     assert done.returncode == EX_CONFIG, done.stderr[-2000:]
     assert f"{book}: reference_tier: 'huge' is not one of the tiers" in done.stderr
+
+
+def test_a_fallback_to_a_tier_that_does_not_exist_stops_ingress(tmp_path: Path) -> None:
+    tiers = tmp_path / "tiers.yaml"
+    tiers.write_text((ROOT / "infra/config/tiers.yaml").read_text().replace("fallback: small", "fallback: smal"))
+    done = start("services.ingress", {"SF_TIERS_FILE": str(tiers), "SF_PORT": "0"})
+    assert done.returncode == EX_CONFIG, done.stderr[-2000:]
+    assert str(tiers) in done.stderr
+    assert "tiers.large.fallback: 'smal' is not a tier (tiers: large, small)" in done.stderr

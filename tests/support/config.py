@@ -8,6 +8,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+#: Tiers for tests (tests/support/tiers.yaml): small, and large as the model "ghost".
+TEST_TIERS = str(Path(__file__).resolve().parent / "tiers.yaml")
 
 
 def pricebook_with(*tiers: str, directory: Path | None = None) -> str:

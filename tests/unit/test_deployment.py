@@ -32,7 +32,8 @@ def test_a_bad_optional_stage_names_the_variable_and_the_entry(optional: list[st
 
 
 @pytest.mark.parametrize(("pipeline", "message"), [
-    (["classify", "infer"], r"SF_PIPELINE\.0: 'classify' is not a stage skinflint has \(known stages: cache, infer\)"),
+    (["classify", "infer"],
+     r"SF_PIPELINE\.0: 'classify' is not a stage skinflint has \(known stages: cache, classifier, infer\)"),
     (["infer", "infer"], r"SF_PIPELINE\.1: stage 'infer' is listed twice"),
     ([], r"SF_PIPELINE: the pipeline is empty"),
     (["probe"], r"SF_PIPELINE\.0: 'probe' is not a stage"),
