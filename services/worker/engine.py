@@ -13,7 +13,7 @@ import platform
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from contracts.v1 import ChatMessage
 from services.shared import lifeline
@@ -200,6 +200,8 @@ class VllmEngine:
             scheduling_policy="priority",
             enforce_eager=settings.enforce_eager,
             dtype=dtype,
+            quantization=settings.quantization,
+            kv_cache_dtype=cast(Any, settings.kv_cache_dtype),  # vLLM checks the name
             gpu_memory_utilization=settings.gpu_memory_utilization,
             kv_cache_memory_bytes=int(settings.kv_cache_gib * 1024**3),
             structured_outputs_config=StructuredOutputsConfig(**STRUCTURED_OUTPUTS),

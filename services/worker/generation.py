@@ -1,4 +1,4 @@
-"""Answering one task with the engine: plain logic, no bus code.
+"""Answering one task with a backend (the engine, or a provider): plain logic, no bus code.
 
 ``answer`` turns an envelope into replies (chunks when streaming, then a final answer or an
 error) and exactly one usage event, whatever happens: finished, failed or aborted. A task the
@@ -9,12 +9,14 @@ nothing at all when the cache served the client itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from contracts.subjects import INFER_STAGE, Priority
+from contracts.subjects import INFER_STAGE
 from contracts.v1 import (
     Accepted,
     CacheNote,
@@ -29,14 +31,12 @@ from contracts.v1 import (
     UsageEvent,
 )
 from services.shared import metrics
-from services.shared.errors import BadRequest, SkinflintError
+from services.shared.errors import SkinflintError
 from services.shared.usage import cache_usage, route_usage
-from services.worker.engine import Engine, EngineStep, GenerationParams
+from services.worker.backend import Backend, WorkerIdentity
+from services.worker.engine import EngineStep
 
 log = logging.getLogger(__name__)
-
-#: vLLM serves a lower value first.
-ENGINE_PRIORITY = {Priority.INTERACTIVE: 0, Priority.BULK: 10}
 
 
 class ReplySink(Protocol):
@@ -101,46 +101,6 @@ class VerdictGate:
         return env
 
 
-@dataclass(frozen=True)
-class WorkerIdentity:
-    worker_id: str
-    tier: str
-    model_name: str
-    default_max_tokens: int
-
-
-def plan(env: TaskEnvelope, engine: Engine, who: WorkerIdentity) -> tuple[list[int], GenerationParams]:
-    """Render the prompt and decide the sampling parameters; reject what cannot fit."""
-    req = env.request
-    prompt = engine.render(req.messages)
-    room = engine.max_model_len - len(prompt)
-    if room < 1:
-        raise BadRequest(
-            f"the conversation is {len(prompt)} tokens; this model takes at most "
-            f"{engine.max_model_len} tokens of prompt and answer together. Shorten the messages.",
-            param="messages", code="context_length_exceeded",
-        )
-    wanted = req.token_limit
-    if wanted is not None and wanted > room:
-        raise BadRequest(
-            f"max_tokens is {wanted}, but only {room} tokens are left after the "
-            f"{len(prompt)}-token prompt (context length {engine.max_model_len})",
-            param="max_tokens", code="context_length_exceeded",
-        )
-    params = GenerationParams(
-        max_tokens=wanted if wanted is not None else min(who.default_max_tokens, room),
-        temperature=req.temperature,
-        top_p=req.top_p,
-        stop=req.stop_list,
-        seed=req.seed,
-        presence_penalty=req.presence_penalty,
-        frequency_penalty=req.frequency_penalty,
-        json_object=req.response_format is not None and req.response_format.type == "json_object",
-        json_schema=req.response_format.schema_constraint if req.response_format is not None else None,
-    )
-    return prompt, params
-
-
 def _usage(env: TaskEnvelope, who: WorkerIdentity, status: str, last: EngineStep | None,
            prompt_tokens: int, queue_s: float, engine_s: float, text: str | None = None) -> UsageEvent:
     return UsageEvent(
@@ -168,51 +128,53 @@ def failure_reply(env: TaskEnvelope, where: str) -> ErrorReply:
                               f"{env.request_id}")
 
 
-async def answer(env: TaskEnvelope, engine: Engine, sink: ReplySink, who: WorkerIdentity,
+async def answer(env: TaskEnvelope, backend: Backend[Any], sink: ReplySink, who: WorkerIdentity,
                  queue_seconds: float = 0.0, gate: VerdictGate | None = None) -> Final | ErrorReply | None:
-    """Generate the answer to ``env`` and report it. Returns what was sent as the last reply
-    (None: the cache served the client, see ``VerdictGate``; nothing was sent or charged).
+    """Generate the answer to ``env`` with ``backend`` and report it. Returns what was sent as the
+    last reply (None: the cache served the client, see ``VerdictGate``; nothing was sent or charged).
 
-    Contract: whatever happens (a bad request, a template that fails to render, an engine error,
-    anything unexpected), the client gets exactly one last reply, a ``Final`` or an
-    ``ErrorReply``, and accounting exactly one usage event, sent *before* that reply on the same
-    connection (so a delivered answer is never left uncharged). Nothing but cancellation is
-    raised. Cancellation (client gone, worker draining past its deadline) aborts the engine
+    Contract: whatever happens (a bad request, a template that fails to render, an engine or
+    provider error, anything unexpected), the client gets exactly one last reply, a ``Final`` or
+    an ``ErrorReply``, and accounting exactly one usage event, sent *before* that reply on the
+    same connection (so a delivered answer is never left uncharged). Nothing but cancellation is
+    raised. Cancellation (client gone, worker draining past its deadline) aborts the backend's
     request, still reports the tokens spent as an ``aborted`` usage event, and re-raises.
     """
     started = time.monotonic()
-    prompt: list[int] = []
+    prompt_tokens = 0
     last: EngineStep | None = None
     in_engine = False
     reply: Final | ErrorReply
     try:
-        prompt, params = plan(env, engine, who)
+        job = backend.prepare(env, who)
+        prompt_tokens = job.prompt_tokens
         timings = PathTimings(arrived_at=env.marks[-1].arrived_at if env.marks else None,
                               engine_started_at=time.time())
         parts: list[str] = []
         in_engine = True
-        async for step in engine.stream(env.request_id, prompt, params, ENGINE_PRIORITY[env.priority]):
-            last = step
-            if step.delta:
-                if env.request.stream:
-                    if gate is not None:
-                        env = await gate.settle(env, sink)
-                    await sink.reply(env, Chunk(request_id=env.request_id, seq=len(parts), delta=step.delta))
-                parts.append(step.delta)
+        async with _closing(backend.stream(job)) as steps:
+            async for step in steps:
+                last = step
+                if step.delta:
+                    if env.request.stream:
+                        if gate is not None:
+                            env = await gate.settle(env, sink)
+                        await sink.reply(env, Chunk(request_id=env.request_id, seq=len(parts), delta=step.delta))
+                    parts.append(step.delta)
         timings.engine_finished_at = time.time()
         if gate is not None:
             env = await gate.settle(env, sink)
-        reply = _final(env, who, "".join(parts), last, len(prompt), queue_seconds, time.monotonic() - started)
+        reply = _final(env, who, "".join(parts), last, prompt_tokens, queue_seconds, time.monotonic() - started)
         reply.timings = timings
         status = "ok"
     except Superseded:
         if in_engine:
-            await asyncio.shield(engine.abort(env.request_id))
+            await asyncio.shield(backend.abort(env.request_id))
         return None
     except asyncio.CancelledError:
         if in_engine:
-            await asyncio.shield(engine.abort(env.request_id))
-        await asyncio.shield(_report(sink, env, who, "aborted", last, len(prompt) if in_engine else 0,
+            await asyncio.shield(backend.abort(env.request_id))
+        await asyncio.shield(_report(sink, env, who, "aborted", last, prompt_tokens if in_engine else 0,
                                      queue_seconds, started))
         raise
     except SkinflintError as exc:
@@ -235,7 +197,7 @@ async def answer(env: TaskEnvelope, engine: Engine, sink: ReplySink, who: Worker
         except Superseded:
             return None
     # Usage first, then the reply, on the same connection: see the contract above.
-    await asyncio.shield(_report(sink, env, who, status, last, len(prompt) if in_engine else 0,
+    await asyncio.shield(_report(sink, env, who, status, last, prompt_tokens if in_engine else 0,
                                  queue_seconds, started, reply.text if isinstance(reply, Final) else None))
     if isinstance(reply, Final) and reply.timings is not None:
         reply.timings.sent_at = time.time()
@@ -244,6 +206,18 @@ async def answer(env: TaskEnvelope, engine: Engine, sink: ReplySink, who: Worker
         # After the reply: the client never waits for the cache to learn its answer.
         await sink.announce(env, reply)
     return reply
+
+
+@contextlib.asynccontextmanager
+async def _closing(steps: AsyncIterator[EngineStep]) -> AsyncIterator[AsyncIterator[EngineStep]]:
+    """``steps``, closed on the way out however the loop over it ends (an async generator left
+    unclosed would hold its request until garbage collection)."""
+    try:
+        yield steps
+    finally:
+        aclose = getattr(steps, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 async def _report(sink: ReplySink, env: TaskEnvelope, who: WorkerIdentity, status: str, last: EngineStep | None,

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
@@ -55,10 +56,12 @@ from services.shared.slip import mark_arrival
 from services.shared.telemetry import setup_tracing
 from services.shared.usage import UsagePublisher
 from services.shared.validation import summary
+from services.worker.backend import Backend, EngineBackend, WorkerIdentity
 from services.worker.capacity import Capacity
 from services.worker.engine import Engine
-from services.worker.generation import VerdictGate, WorkerIdentity, answer
+from services.worker.generation import VerdictGate, answer
 from services.worker.settings import WorkerSettings
+from services.worker.tier import resolve_tier
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -102,17 +105,23 @@ class BusSink:
 
 
 class WorkerService:
-    """One model on one device. See ``Capacity`` for what it admits."""
+    """One tier's worker: a model on one device (a self-hosted tier), or the forwarder to a
+    provider (an upstream tier; ``services.worker.upstream``). See ``Capacity`` for what it admits.
+
+    ``engine_factory`` (tests) builds a self-hosted tier's engine instead of vLLM."""
 
     name = "worker"
 
     def __init__(self, settings: WorkerSettings,
                  engine_factory: Callable[[WorkerSettings], Engine] | None = None) -> None:
-        self.settings = settings
         # Checked before the engine loads or anything connects (exit 78 on a mistake).
         check_priced({env_name("tier"): settings.tier}, load_pricebook(settings.pricebook_file),
                      settings.pricebook_file)
+        self.served = resolve_tier(settings)
+        self.settings = settings = self.served.settings
         self._engine_factory = engine_factory
+        #: What answers the tasks (created in ``start``); ``engine`` is a self-hosted tier's engine.
+        self.backend: Backend[Any] | None = None
         self.engine: Engine | None = None
         provider = setup_tracing(self.name, settings)
         self.broker = make_broker(self.name, settings, provider)
@@ -137,8 +146,13 @@ class WorkerService:
     # --- handlers -------------------------------------------------------------------------
     async def on_task(self, env: TaskEnvelope) -> HopAck:
         """Take an interactive task if there is room; the generation runs in the background."""
-        if self._draining or self.engine is None or not self.capacity.can_admit_interactive():
+        if self._draining or self.backend is None or not self.capacity.can_admit_interactive():
             return self._refusal("draining" if self._draining else "at capacity", retry=True)
+        down = self.backend.unavailable()
+        if down is not None:
+            # Refused for good, at once: the sender answers 503 or tries the tier's fallback.
+            return HopAck(accepted=False, stage=INFER_STAGE, instance=self.identity.worker_id, reason=down,
+                          retry=False, status=503)
         # Sent by ingress itself, the hop ack tells it who holds the task; after other stages,
         # ingress learns it from an Accepted reply.
         announce = bool(env.marks)
@@ -194,7 +208,7 @@ class WorkerService:
         """Answer one task. ``answer`` itself sends exactly one last reply and one usage event
         whatever fails; what can still raise here is the bus itself (the reply could not be sent),
         and then a bulk task is left unacknowledged for another attempt."""
-        assert self.engine is not None
+        assert self.backend is not None
         ok = False
         try:
             if announce:
@@ -209,7 +223,7 @@ class WorkerService:
                 verdict = self._verdicts.get(env.request_id)
                 gate = None if verdict is None else VerdictGate(
                     verdict, self.settings.cache_verdict_timeout_s, self.identity.worker_id)
-                await answer(env, self.engine, self.sink, self.identity,
+                await answer(env, self.backend, self.sink, self.identity,
                              queue_seconds=time.monotonic() - queued_at, gate=gate)
             ok = True
         except asyncio.CancelledError:
@@ -244,6 +258,8 @@ class WorkerService:
 
     async def _pull_bulk(self, psub: JetStreamContext.PullSubscription) -> None:
         room = self.capacity.bulk_room()
+        if self.backend is not None and self.backend.unavailable() is not None:
+            room = 0  # bulk work waits in its stream while the provider is down
         if room == 0:
             self._freed.clear()
             with contextlib.suppress(TimeoutError):
@@ -321,13 +337,25 @@ class WorkerService:
 
     def ready(self) -> tuple[bool, dict[str, object]]:
         connected = is_connected(self.broker)
-        ready = connected and self.engine is not None and not self._draining
-        return ready, {"bus": connected, "tier": self.settings.tier, "model": self.settings.model_name,
-                       "slots": self.capacity.slots, "inflight_interactive": self.capacity.interactive,
-                       "inflight_bulk": self.capacity.bulk}
+        ready = connected and self.backend is not None and not self._draining
+        details: dict[str, object] = {
+            "bus": connected, "tier": self.settings.tier, "kind": self.served.config.kind,
+            "model": self.settings.model_name, "slots": self.capacity.slots,
+            "inflight_interactive": self.capacity.interactive, "inflight_bulk": self.capacity.bulk}
+        down = self.backend.unavailable() if self.backend is not None else None
+        if down is not None:
+            details["provider"] = down  # still ready: the worker refuses the tier's tasks at once
+        return ready, details
 
     # --- Service --------------------------------------------------------------------------
-    async def start(self) -> None:
+    def _make_backend(self) -> Backend[Any]:
+        upstream = self.served.config.upstream
+        if upstream is not None:
+            # No vLLM import on this path: an upstream worker starts in a second.
+            from services.worker.upstream import UpstreamBackend
+
+            log.info("forwarding tier %r to %s (model %s)", self.settings.tier, upstream.base_url, upstream.model)
+            return UpstreamBackend(self.settings.tier, upstream, self.served.api_key)
         if self._engine_factory is not None:
             self.engine = self._engine_factory(self.settings)
         else:
@@ -335,6 +363,10 @@ class WorkerService:
 
             log.info("loading %s from %s", self.settings.model_name, self.settings.model_path)
             self.engine = VllmEngine(self.settings)
+        return EngineBackend(self.engine)
+
+    async def start(self) -> None:
+        self.backend = self._make_backend()
         await self.broker.start()
         await ensure_streams(self.broker, (USAGE_STREAM, BULK_STREAM, BULK_RESULTS_STREAM))
         await self.broker.connection.subscribe(cache_verdict_subject(self.identity.worker_id), cb=self._on_verdict_msg)
@@ -372,5 +404,5 @@ class WorkerService:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.broker.stop()
-        if self.engine is not None:
-            await self.engine.close()
+        if self.backend is not None:
+            await self.backend.close()

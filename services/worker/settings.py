@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -13,8 +14,10 @@ Dtype = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
 
 class WorkerSettings(ServiceSettings):
     model_path: str = Field(default=".models/SmolLM2-135M-Instruct", description="Model folder for vLLM.")
-    model_name: str = Field(default="smollm2-135m", description="Public model name it answers as.")
-    tier: str = Field(default="small", description="Tier whose subjects it serves.")
+    model_name: str = Field(default="smollm2-135m", description="Public model name it answers as (default: the "
+                                                                "tier's 'model' in the tiers file).")
+    tier: str = Field(default="small", description="Tier whose subjects it serves; its kind (self-hosted or "
+                                                    "upstream) and options come from the tiers file.")
     device: str | None = Field(
         default=None, description="Pin to this GPU (sets CUDA_VISIBLE_DEVICES before the engine loads)."
     )
@@ -35,6 +38,9 @@ class WorkerSettings(ServiceSettings):
         default="auto",
         description="Model dtype for vLLM; auto is float32 on a CPU without fast bfloat16 (no AVX-512).",
     )
+    quantization: str | None = Field(
+        default=None, description="vLLM quantization method (awq, gptq, fp8, ...); none: the weights as stored.")
+    kv_cache_dtype: str = Field(default="auto", description="KV cache dtype for vLLM (auto, fp8, fp8_e4m3, fp8_e5m2).")
     health_port: int = Field(default=9101, ge=0, le=65535, description="Port of /healthz, /readyz, /metrics.")
     heartbeat_interval_s: float = Field(default=1.0, gt=0, description="Seconds between heartbeats.")
     bulk_enabled: bool = Field(default=True, description="Whether this worker takes bulk work.")
@@ -56,3 +62,9 @@ class WorkerSettings(ServiceSettings):
         if self.interactive_reserve >= self.max_num_seqs:
             raise ValueError("interactive_reserve must be smaller than max_num_seqs, or bulk never runs")
         return self
+
+
+def environment_value(name: str) -> str | None:
+    """The environment variable ``name`` whose name a config file gives (an upstream tier's API
+    key): read here, once at start-up, like every other setting. Empty counts as unset."""
+    return os.environ.get(name) or None

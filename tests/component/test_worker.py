@@ -24,6 +24,7 @@ from services.worker.settings import WorkerSettings
 from tests.support.config import pricebook_with
 from tests.support.fakes import FakeEngine
 from tests.support.natsd import NatsServer
+from tests.support.tier_files import tiers_file
 
 pytestmark = pytest.mark.component
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples/v1/task_envelope.json"
@@ -57,6 +58,7 @@ class Harness:
 async def running_worker(nats_url: str, slots: int, waiting: int,
                          seconds_per_token: float = 0.0) -> AsyncIterator[Harness]:
     settings = WorkerSettings(nats_url=nats_url, instance_id="w-test", tier=TIER, pricebook_file=pricebook_with(TIER),
+                              tiers_file=tiers_file({TIER: {"kind": "vllm", "model": "smollm2-135m"}}),
                               max_num_seqs=slots,
                               max_waiting=waiting, interactive_reserve=0, bulk_enabled=False)
     service = WorkerService(settings, lambda s: FakeEngine(seconds_per_token=seconds_per_token))

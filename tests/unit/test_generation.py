@@ -21,7 +21,9 @@ from contracts.v1 import (
     Final,
     TaskEnvelope,
 )
-from services.worker.generation import ENGINE_PRIORITY, VerdictGate, WorkerIdentity, answer
+from services.worker import generation
+from services.worker.backend import ENGINE_PRIORITY, EngineBackend, WorkerIdentity
+from services.worker.generation import ReplySink, VerdictGate
 from tests.support.fakes import REPLY, FakeEngine, ListSink
 
 pytestmark = pytest.mark.unit
@@ -33,6 +35,12 @@ class BrokenTemplate(FakeEngine):
 
     def render(self, messages: Sequence[ChatMessage]) -> list[int]:
         raise ValueError("jinja2.exceptions.TemplateError: Conversation roles must alternate")
+
+
+async def answer(env: TaskEnvelope, engine: FakeEngine, sink: ReplySink, who: WorkerIdentity,
+                 gate: VerdictGate | None = None) -> Final | ErrorReply | None:
+    """``generation.answer`` with the fake engine behind the self-hosted backend."""
+    return await generation.answer(env, EngineBackend(engine), sink, who, gate=gate)
 
 
 def envelope(**request: object) -> TaskEnvelope:

@@ -12,7 +12,8 @@ import pytest
 from contracts.v1 import ErrorReply, Final, TaskEnvelope
 from services.ingress.gateway import parse_chat_request
 from services.shared.errors import BadRequest
-from services.worker.generation import WorkerIdentity, answer, plan
+from services.worker.backend import EngineBackend, WorkerIdentity, plan
+from services.worker.generation import answer
 from tests.support.fakes import FakeEngine, ListSink
 
 pytestmark = pytest.mark.unit
@@ -104,14 +105,14 @@ def test_plan_carries_the_constraint_into_the_engine_parameters(
 
 async def test_the_engine_gets_the_schema_and_answers() -> None:
     engine, sink = FakeEngine(), ListSink()
-    result = await answer(envelope(_schema(CITY)), engine, sink, WHO)
+    result = await answer(envelope(_schema(CITY)), EngineBackend(engine), sink, WHO)
     assert isinstance(result, Final)
     assert engine.params[-1].json_schema == CITY
 
 
 async def test_a_schema_the_engine_cannot_enforce_is_a_400_naming_it_not_a_crash() -> None:
     sink = ListSink()
-    result = await answer(envelope(_schema({"not": {"type": "string"}})), FakeEngine(), sink, WHO)
+    result = await answer(envelope(_schema({"not": {"type": "string"}})), EngineBackend(FakeEngine()), sink, WHO)
     assert isinstance(result, ErrorReply)
     assert (result.status, result.param) == (400, "response_format.json_schema.schema")
     assert "cannot enforce" in result.message and "Unimplemented keys" in result.message
