@@ -132,7 +132,8 @@ async def test_rules_a_minimum_tier_and_a_tenant_that_routes_everything(
     nats_server: NatsServer, tiers: Path, tenants: Path
 ) -> None:
     async with routed_stack(nats_server.url, tiers, tenants) as client:
-        pro = await client.post("/v1/chat/completions", json=ask(EASY), headers={"Authorization": "Bearer sk-skinflint-pro"})
+        pro = await client.post("/v1/chat/completions", json=ask(EASY),
+                                headers={"Authorization": "Bearer sk-skinflint-pro"})
         forced = await client.post("/v1/chat/completions", json=ask(EASY), headers={"X-Skinflint-Min-Tier": "large"})
         unknown = await client.post("/v1/chat/completions", json=ask(EASY), headers={"X-Skinflint-Min-Tier": "gold"})
         routed_named = await client.post("/v1/chat/completions", json=ask(EASY, model="big-model"),
