@@ -7,6 +7,9 @@
 - ``skinflint cache purge``: remove cached answers through a running ingress (your tenant's, by
   tag, or with an admin key another tenant's or all).
 - ``skinflint usage``: the usage and savings table from a running ingress.
+- ``skinflint router train`` / ``skinflint router eval``: fit the learned routing policy on labelled
+  prompts; RouteLLM's metrics and the cost/quality curve (``services.classifier``).
+- ``skinflint route FILE``: the tier the configured router picks for each prompt of a JSONL file.
 
 The API key comes from ``--api-key`` or ``SKINFLINT_API_KEY``; the ingress from ``--url`` or
 ``SKINFLINT_URL`` (default ``http://127.0.0.1:8000``).
@@ -27,6 +30,8 @@ app = typer.Typer(help="skinflint: operate the LLM cost-cutting gateway.", no_ar
                   add_completion=False)
 cache_app = typer.Typer(help="The cache stage: verifier quality, training, purges.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
+router_app = typer.Typer(help="The router: train and evaluate the learned policy.", no_args_is_help=True)
+app.add_typer(router_app, name="router")
 err = Console(stderr=True)
 
 UrlOption = Annotated[str, typer.Option("--url", envvar="SKINFLINT_URL", help="Ingress base URL.")]
@@ -66,6 +71,45 @@ def cache_train(
         if value is not None:
             argv += [flag, str(value)]
     quality.main(argv)
+
+
+#: Options after the command go to the module that implements it (its --help lists them).
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@router_app.command("train", context_settings=PASS_THROUGH)
+def router_train(ctx: typer.Context) -> None:
+    """Fit the learned policy on labelled prompts and write its artifact (the classifier loads it at
+    start). Options: --data PATH... (the shipped set, or your own JSONL of {"prompt", "scores": {"weak",
+    "strong"}} or {"prompt", "label"}), --out, --target; --help lists them all."""
+    from services.classifier.learned import train_main
+
+    raise typer.Exit(train_main(ctx.args))
+
+
+@router_app.command("eval", context_settings=PASS_THROUGH)
+def router_eval(ctx: typer.Context) -> None:
+    """APGR, CPT(50%), CPT(80%) and the cost at 95% of the strong tier's quality of the learned policy
+    against random and length baselines, on a labelled split; --png draws the cost/quality curve.
+    --help lists the options."""
+    from services.classifier.evaluate import eval_main
+
+    raise typer.Exit(eval_main(ctx.args))
+
+
+@app.command("route")
+def route(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True,
+                                         help='JSONL, one {"prompt": ...} (or {"messages": [...]}) per line.')],
+    tenant_class: Annotated[str | None, typer.Option(help="The tenant class rules see.")] = None,
+    min_tier: Annotated[str | None, typer.Option(help="As X-Skinflint-Min-Tier.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON decision per line instead of a table.")] = False,
+) -> None:
+    """The tier the running configuration (SF_TIERS_FILE's routing, its policy and threshold) picks for
+    each line, with the score: the classifier service's own code."""
+    from services.classifier.offline import route_file
+
+    raise typer.Exit(route_file(file, tenant_class=tenant_class, min_tier=min_tier, as_json=as_json))
 
 
 def _call(method: str, url: str, path: str, api_key: str, **kwargs: Any) -> httpx.Response:
