@@ -18,12 +18,14 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.shared.sched import cpu_list
 from services.shared.settings import ConfigError, load_settings
+from services.shared.tiers import TiersFile, load_tiers
 from services.stack import ROOT, Stack, printer
 
 BANNER = """
@@ -31,8 +33,9 @@ BANNER = """
     OpenAI base URL : http://127.0.0.1:{port}/v1      (API key: sk-skinflint-demo)
     Try             : curl -s http://127.0.0.1:{port}/v1/chat/completions \\
                         -H 'Authorization: Bearer sk-skinflint-demo' -H 'Content-Type: application/json' \\
-                        -d '{{"model":"smollm2-135m",
+                        -d '{{"model":"auto",
                              "messages":[{{"role":"user","content":"Name the capital city of France."}}]}}'
+    Models          : auto (routed: the cheapest tier expected to answer well), {models}
     Demo            : make demo
     Usage table     : curl -s 'http://127.0.0.1:{port}/v1/usage?format=table' \\
                         -H 'Authorization: Bearer sk-skinflint-demo'
@@ -51,11 +54,40 @@ class LauncherSettings(BaseSettings):
                            description="nats-server's port (a free one when it is taken).")
     var_dir: Path = Field(default=ROOT / "var", description="Logs, the SQLite ledger, JetStream's store.")
     verbose: bool = Field(default=False, description="Echo every line, not only the services' own.")
+    tiers_file: str = Field(default="infra/config/tiers.yaml", description="The tiers every service reads.")
+    local_upstream: str = Field(
+        default="large",
+        description="An upstream tier whose provider `make run` starts itself: `vllm serve` on the port of the "
+                    "tier's base_url (empty: none; the tier's workers call the provider it names).")
+
+
+def workers(tiers: TiersFile) -> dict[str, str]:
+    """One worker per tier: process name -> tier. The first self-hosted tier's is plain "worker"."""
+    names: dict[str, str] = {}
+    for tier, config in tiers.tiers.items():
+        first_engine = config.kind == "vllm" and "worker" not in names
+        names["worker" if first_engine else f"worker-{tier}"] = tier
+    return names
+
+
+def local_provider_port(tiers: TiersFile, tier: str, source: str) -> int:
+    """The port `vllm serve` listens on for ``tier``: its base_url's, which must be on this machine."""
+    config = tiers.tiers.get(tier)
+    if config is None or config.upstream is None:
+        raise ConfigError(f"SF_LOCAL_UPSTREAM: {tier!r} is not an upstream tier in {source}")
+    url = urlsplit(config.upstream.base_url)
+    if url.hostname not in ("127.0.0.1", "localhost") or url.port is None:
+        raise ConfigError(f"SF_LOCAL_UPSTREAM: tier {tier!r} calls {config.upstream.base_url}, not a port on this "
+                          "machine; set SF_LOCAL_UPSTREAM= (empty) when the tier calls a real provider")
+    return url.port
 
 
 def main() -> None:
     try:
         settings = load_settings(LauncherSettings)
+        tiers = load_tiers(settings.tiers_file)
+        provider_port = local_provider_port(tiers, settings.local_upstream, settings.tiers_file) \
+            if settings.local_upstream else None
     except ConfigError as exc:
         print(f"==> {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
@@ -71,17 +103,26 @@ def main() -> None:
     try:
         url = stack.start_nats(settings.nats_port)
         print(f"==> nats-server with JetStream at {url}", flush=True)
-        for name, module in (("accounting", "services.accounting"), ("cache", "services.cache"),
-                             ("worker", "services.worker")):
+        if provider_port is not None:
+            stack.start_vllm_serve(provider_port)
+            print(f"==> vllm serve for tier {settings.local_upstream!r} on port {provider_port}", flush=True)
+        services: list[tuple[str, str, dict[str, str]]] = [("accounting", "services.accounting", {}),
+                                                           ("cache", "services.cache", {})]
+        if tiers.routing is not None:
+            services.append(("classifier", "services.classifier", {}))
+        services += [(name, "services.worker", {"SF_TIER": tier}) for name, tier in workers(tiers).items()]
+        for name, module, extra in services:
             stack.start_service(name, module, {"SF_OTEL_CONSOLE_PATH": str(var / "log" / f"traces-{name}.jsonl"),
-                                               "SF_QDRANT_PATH": str(var / "qdrant")})
+                                               "SF_QDRANT_PATH": str(var / "qdrant"), **extra})
         stack.start_ingress(http_port, {"SF_OTEL_CONSOLE_PATH": str(var / "log" / "traces-ingress.jsonl")})
         print("==> waiting for the worker to load the model (about a minute on CPU)", flush=True)
         stack.wait_ready(timeout_s=600)
+        if provider_port is not None:
+            stack.wait_http(provider_port, "/health", timeout_s=600, what="vllm serve")
         if stack.request_path_cpus:
             print(f"==> nats-server and the services run on CPU {cpu_list(stack.request_path_cpus)}, "
                   "off the cores vLLM computes on", flush=True)
-        print(BANNER.format(port=http_port, log=var / "log"), flush=True)
+        print(BANNER.format(port=http_port, log=var / "log", models=", ".join(tiers.models)), flush=True)
         while not stop.wait(1.0):
             for event in stack.supervise_once():
                 print(f"==> {event}", flush=True)

@@ -114,6 +114,12 @@ class Proc:
         return next((line for line in reversed(self.tail) if line.strip()), "(no output)")
 
 
+def runs_engine(name: str) -> bool:
+    """Whether the process named ``name`` runs an inference engine (workers, vLLM's own server):
+    the request path's processes are kept off the cores engines compute on."""
+    return name.startswith(("worker", "vllm"))
+
+
 class ServiceStopped(RuntimeError):
     """A process stopped in a way that restarting would not mend (its configuration is wrong)."""
 
@@ -206,6 +212,29 @@ class Stack:
         self.http_port = port
         return port
 
+    def start_vllm_serve(self, port: int, name: str = "vllm-serve") -> Proc:
+        """vLLM's own OpenAI-compatible server (``scripts/vllm_serve.py``) on ``port``: the provider
+        of an upstream tier served on this machine. Its /metrics is a scrape target like the
+        services'. ``wait_http`` tells when it answers."""
+        if not port_is_free(port):
+            raise RuntimeError(f"port {port} is taken; {name} needs it (the upstream tier's base_url)")
+        proc = self._spawn(name, [sys.executable, str(ROOT / "scripts" / "vllm_serve.py"), "--port", str(port)])
+        proc.health_port = port
+        return proc
+
+    def wait_http(self, port: int, path: str, timeout_s: float, what: str) -> None:
+        """Wait until ``GET path`` on ``port`` answers 200, while every process stays alive."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{what} did not answer within {timeout_s:.0f} s; see {self.var_dir}/log")
+
     def wait_ready(self, timeout_s: float = 300, what: str = "a worker") -> None:
         """Wait until ingress reports live workers (the model is loaded)."""
         deadline = time.monotonic() + timeout_s
@@ -224,8 +253,8 @@ class Stack:
     def keep_off_engine_cpus(self) -> frozenset[int]:
         """Pin the processes started here, but the workers, to the CPUs the workers' engines
         leave free (each worker does that for itself). Returns those CPUs (empty: nothing to do)."""
-        workers = [p.process.pid for name, p in self.procs.items() if name.startswith("worker")]
-        others = {name: p.process.pid for name, p in self.procs.items() if not name.startswith("worker")}
+        workers = [p.process.pid for name, p in self.procs.items() if runs_engine(name)]
+        others = {name: p.process.pid for name, p in self.procs.items() if not runs_engine(name)}
         if not self._service_settings().sched_keep_off_engine_cpus or not workers or not others:
             return frozenset()
         return sched.keep_off_engine_cpus(", ".join(others), list(others.values()), owners=workers)
@@ -285,7 +314,7 @@ class Stack:
         proc.health_port = old.health_port
         if old.name == "nats":
             self._nats_slice(proc)
-        if self.request_path_cpus and not old.name.startswith("worker"):
+        if self.request_path_cpus and not runs_engine(old.name):
             with contextlib.suppress(OSError):
                 sched.pin_process(proc.process.pid, self.request_path_cpus)
         return proc
@@ -330,7 +359,8 @@ _WORTH_SHOWING = re.compile(r"^\d\d:\d\d:\d\d \w+ +\[|ERROR|Error|Traceback|\[ER
 def printer(out: IO[str] = sys.stdout, everything: bool = False) -> Callable[[str, str], None]:
     """Console echo of the services' output. Unless ``everything``, third-party chatter (vLLM's
     start-up warnings, framework banners) is left to the log files."""
-    colours = {"nats": 90, "ingress": 36, "worker": 35, "accounting": 33, "cache": 32}
+    colours = {"nats": 90, "ingress": 36, "worker": 35, "accounting": 33, "cache": 32, "classifier": 34,
+               "worker-large": 95, "vllm-serve": 95}
     lock = threading.Lock()
     tty = out.isatty()
 
