@@ -115,8 +115,8 @@ def main() -> None:
             stack.start_service(name, module, {"SF_OTEL_CONSOLE_PATH": str(var / "log" / f"traces-{name}.jsonl"),
                                                "SF_QDRANT_PATH": str(var / "qdrant"), **extra})
         stack.start_ingress(http_port, {"SF_OTEL_CONSOLE_PATH": str(var / "log" / "traces-ingress.jsonl")})
-        print("==> waiting for the worker to load the model (about a minute on CPU)", flush=True)
-        stack.wait_ready(timeout_s=600)
+        print("==> waiting for the workers to load their models (about a minute on CPU)", flush=True)
+        stack.wait_ready(timeout_s=600, what="the workers", tiers=tiers.tiers)
         if provider_port is not None:
             stack.wait_http(provider_port, "/health", timeout_s=600, what="vllm serve")
         if stack.request_path_cpus:

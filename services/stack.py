@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -235,17 +235,21 @@ class Stack:
             time.sleep(0.5)
         raise RuntimeError(f"{what} did not answer within {timeout_s:.0f} s; see {self.var_dir}/log")
 
-    def wait_ready(self, timeout_s: float = 300, what: str = "a worker") -> None:
-        """Wait until ingress reports live workers (the model is loaded)."""
+    def wait_ready(self, timeout_s: float = 300, what: str = "a worker",
+                   tiers: Collection[str] = ()) -> None:
+        """Wait until ingress reports live workers (the model is loaded): of every tier in
+        ``tiers`` when given, else any."""
         deadline = time.monotonic() + timeout_s
         url = f"http://127.0.0.1:{self.http_port}/readyz"
         while time.monotonic() < deadline:
             self.check_alive()
             try:
-                if httpx.get(url, timeout=2).status_code == 200:
+                response = httpx.get(url, timeout=2)
+                live = {w.get("tier") for w in response.json().get("workers", [])}
+                if response.status_code == 200 and set(tiers) <= live:
                     self.request_path_cpus = self.keep_off_engine_cpus()
                     return
-            except httpx.HTTPError:
+            except (httpx.HTTPError, ValueError, AttributeError):
                 pass
             time.sleep(0.5)
         raise RuntimeError(f"{what} did not become ready within {timeout_s:.0f} s; see {self.var_dir}/log")

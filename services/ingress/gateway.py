@@ -123,6 +123,10 @@ class Gateway:
                              f"ask for a model of that tier, or for {routing.auto_model!r}"  # type: ignore[union-attr]
                              , param=MIN_TIER_HEADER)
 
+    def _model_of(self, tier: str) -> str | None:
+        config = self.tiers.tiers.get(tier)
+        return config.model if config is not None else None
+
     def envelope(self, caller: Caller, req: ChatRequest, route: Route, request_id: str,
                  received_at: float, cache_control: CacheControl | None = None) -> TaskEnvelope:
         return TaskEnvelope(
@@ -181,6 +185,7 @@ class Gateway:
                         span.set_attribute("sf.tier", reply.tier)
                         if observation is not None:
                             observation.tier = reply.tier
+                            observation.model = reply.model or self._model_of(reply.tier)
                     if isinstance(reply, Accepted):
                         continue
                     if isinstance(reply, Final) and reply.cache is not None:

@@ -169,7 +169,8 @@ def create_http_app(gateway: Gateway) -> FastAPI:
             first = await _first(replies)  # errors up to here become proper status codes
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
-                _sse(request_id, created, req.model, first, replies, include_usage, observation),
+                # The chunks name the model that answers (a routed request's pick), as the final one does.
+                _sse(request_id, created, observation.model or req.model, first, replies, include_usage, observation),
                 media_type="text/event-stream",
                 headers={"cache-control": "no-cache", "x-accel-buffering": "no", "x-skinflint-tier": observation.tier,
                          **cache_control.response_headers(observation.cache)},

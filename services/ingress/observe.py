@@ -21,6 +21,8 @@ class Observation:
     started: float = field(default_factory=time.perf_counter)
     tenant: str = "none"
     tier: str = "none"
+    #: The public model name that answers, once known (a routed request's pick).
+    model: str | None = None
     priority: str = Priority.INTERACTIVE.value
     first_token_s: float | None = None
     finished: bool = False
