@@ -7,6 +7,7 @@ from pydantic import Field
 from contracts.subjects import Priority
 from contracts.v1.cache import CacheControl, CacheNote
 from contracts.v1.chat import ChatRequest, WireModel
+from contracts.v1.replies import TokenUsage
 
 
 class StageMark(WireModel):
@@ -54,6 +55,10 @@ class Route(WireModel):
     decision: RouteDecision | None = Field(default=None, description="The classifier's decision, once made.")
     fallback_from: str | None = Field(default=None, description="The tier that was unavailable, when the task "
                                       "went to that tier's fallback instead.")
+    escalated_from: str | None = Field(default=None, description="Cascade: the tier whose answer failed the cheap "
+                                       "check; this one answers instead.")
+    escalation_usage: TokenUsage | None = Field(default=None, description="Cascade: the tokens the failed attempt "
+                                                "spent (charged on top, as the cascade's cost).")
 
 
 class TaskEnvelope(WireModel):

@@ -93,7 +93,11 @@ def answered_without_model(env: TaskEnvelope, reply: Final | ErrorReply, answere
 def route_usage(route: Route) -> dict[str, Any]:
     """The usage event's routing fields: the tier without routing (what savings count against),
     how a routed request's tier was picked, and a fallback taken."""
-    fields: dict[str, Any] = {"counterfactual_tier": route.counterfactual_tier, "fallback_from": route.fallback_from}
+    fields: dict[str, Any] = {"counterfactual_tier": route.counterfactual_tier, "fallback_from": route.fallback_from,
+                              "escalated_from": route.escalated_from}
+    if route.escalation_usage is not None:
+        fields.update(escalation_prompt_tokens=route.escalation_usage.prompt_tokens,
+                      escalation_completion_tokens=route.escalation_usage.completion_tokens)
     decision = route.decision
     if decision is not None:
         fields.update(route_policy=decision.policy, route_score=decision.score,
