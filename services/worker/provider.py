@@ -105,11 +105,10 @@ class StreamState:
         with ``finished`` set comes once, at ``[DONE]``, with the provider's exact counts."""
         parts = self._parts
         parts.clear()
-        for data in events:
-            if data == b"[DONE]":
-                self.done = True
-                break
-            chunk = _json(data)
+        if b"[DONE]" in events:
+            self.done = True
+            events = events[:events.index(b"[DONE]")]
+        for chunk in _objects(events):
             if "error" in chunk:
                 raise ProviderError(error_message(chunk, "the provider failed while answering"))
             if chunk.get("usage"):
@@ -185,6 +184,20 @@ def error_param(body: bytes) -> str | None:
         return None
     param = error.get("param") if isinstance(error, dict) else None
     return param if isinstance(param, str) and param else None
+
+
+def _objects(events: list[bytes]) -> list[dict[str, Any]]:
+    """The events' JSON objects. One ``json.loads`` of them as an array: a read holding 64 events
+    costs one call rather than 64 (about a third of the parsing time)."""
+    if len(events) > 1:
+        try:
+            values = json.loads(b"[" + b",".join(events) + b"]")
+        except ValueError:
+            pass  # one of them is not JSON: found and named below
+        else:
+            if all(isinstance(v, dict) for v in values):
+                return values  # type: ignore[no-any-return]
+    return [_json(data) for data in events]
 
 
 def _json(data: bytes) -> dict[str, Any]:

@@ -215,7 +215,8 @@ class WorkerService:
                 try:
                     await lane.publish(self.broker.connection, env.reply_subject,
                                        Accepted(request_id=env.request_id, stage=INFER_STAGE,
-                                                instance=self.identity.worker_id, cache=env.cache))
+                                                instance=self.identity.worker_id, cache=env.cache,
+                                                tier=self.identity.tier, model=self.identity.model_name))
                 except Exception:
                     log.warning("could not tell ingress that %s is taken; answering anyway", env.request_id)
             with tracer.start_as_current_span(f"infer {self.identity.tier}", attributes={

@@ -16,6 +16,7 @@ from services.shared.settings import ConfigError
 from services.worker.breaker import CircuitBreaker, State
 from services.worker.provider import (
     ProviderError,
+    ProviderProtocolError,
     SseParser,
     StreamState,
     error_message,
@@ -277,3 +278,8 @@ def test_an_unset_key_is_a_config_error_unless_the_provider_is_on_this_machine(
                                             ("http://10.0.0.5/v1", False)])
 def test_is_local(url: str, local: bool) -> None:
     assert is_local(url) is local
+
+
+def test_an_event_that_is_not_json_among_others_is_named() -> None:
+    with pytest.raises(ProviderProtocolError, match="not JSON: b'nope'"):
+        StreamState(prompt_estimate=1).read([b'{"choices": []}', b"nope"])
