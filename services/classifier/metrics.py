@@ -18,6 +18,12 @@ straight line, which is what a random tie-break reaches on average.
   ``target * q_strong`` (e.g. 95% of the strong tier's quality), and what that costs against
   sending everything to the strong tier, given the price ratio of the tiers.
 
+Weights. Every function takes the rows with optional ``weights`` (>= 0, one per row; ``None``: all
+1): a row of weight ``w`` counts as ``w`` rows in every share and mean (cost, quality, ``q_weak``,
+``q_strong``), so integer weights give exactly the figures of the rows duplicated that many times.
+That is how a set is measured on another mix of prompts than it was built with (``mix.py``)
+without dropping, duplicating or relabelling a row.
+
 Plain logic, numpy only.
 """
 
@@ -53,25 +59,43 @@ class Curve:
         return (self.quality - self.q_weak) / gap
 
 
-def curve(scores: Sequence[float] | Vector, weak: Sequence[float] | Vector, strong: Sequence[float] | Vector) -> Curve:
-    """The curve of a router's ``scores`` on rows whose tiers reach ``weak`` and ``strong``."""
+def _weights(weights: Sequence[float] | Vector | None, n: int) -> Vector:
+    """``weights`` as a vector of ``n`` (all 1 when ``None``); raises ``ValueError`` when they are
+    not ``n`` finite values >= 0 with a positive sum."""
+    if weights is None:
+        return np.ones(n)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,):
+        raise ValueError(f"{w.size} weights for {n} rows")
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError("weights must be finite, >= 0, and not all 0")
+    return w
+
+
+def curve(scores: Sequence[float] | Vector, weak: Sequence[float] | Vector, strong: Sequence[float] | Vector,
+          weights: Sequence[float] | Vector | None = None) -> Curve:
+    """The curve of a router's ``scores`` on rows whose tiers reach ``weak`` and ``strong``, each
+    row counted ``weights[i]`` times (see the module docstring)."""
     s = np.asarray(scores, dtype=np.float64)
     w = np.asarray(weak, dtype=np.float64)
     st = np.asarray(strong, dtype=np.float64)
     if not len(s) == len(w) == len(st) or len(s) == 0:
         raise ValueError(f"curve: {len(s)} scores for {len(w)} weak and {len(st)} strong values (need >= 1)")
+    rw = _weights(weights, len(s))
+    total = float(rw.sum())
     order = np.argsort(-s, kind="stable")
     sorted_s = s[order]
-    gained = np.concatenate([[0.0], np.cumsum((st - w)[order])])
+    gained = np.concatenate([[0.0], np.cumsum((rw * (st - w))[order])])
+    mass = np.concatenate([[0.0], np.cumsum(rw[order])])
     # A step ends where the next score is lower (ties move together) and at the last row.
     ends = np.flatnonzero(np.concatenate([sorted_s[1:] < sorted_s[:-1], [True]])) + 1
-    n = len(s)
     points = np.concatenate([[0], ends])
+    q_weak = float(rw @ w) / total
     return Curve(
-        cost=points / n,
-        quality=float(w.mean()) + gained[points] / n,
+        cost=np.minimum(mass[points] / total, 1.0),
+        quality=q_weak + gained[points] / total,
         thresholds=np.concatenate([[math.inf], sorted_s[ends - 1]]),
-        q_weak=float(w.mean()), q_strong=float(st.mean()),
+        q_weak=q_weak, q_strong=float(rw @ st) / total,
     )
 
 
@@ -140,10 +164,14 @@ def threshold_for_quality(c: Curve, target: float = 0.95) -> Threshold:
     return Threshold(float(c.thresholds[i]), float(c.cost[i]), float(c.quality[i]), float(c.pgr[i]))
 
 
-def at_threshold(scores: Vector, weak: Vector, strong: Vector, threshold: float) -> tuple[float, float]:
-    """(strong-call share, average quality) of routing ``score >= threshold`` to the strong tier."""
+def at_threshold(scores: Vector, weak: Vector, strong: Vector, threshold: float,
+                 weights: Sequence[float] | Vector | None = None) -> tuple[float, float]:
+    """(strong-call share, average quality) of routing ``score >= threshold`` to the strong tier,
+    each row counted ``weights[i]`` times."""
     go = np.asarray(scores) >= threshold
-    return float(go.mean()), float(np.where(go, strong, weak).mean())
+    rw = _weights(weights, len(go))
+    total = float(rw.sum())
+    return float(rw @ go) / total, float(rw @ np.where(go, strong, weak)) / total
 
 
 def oracle_scores(weak: Vector, strong: Vector) -> Vector:

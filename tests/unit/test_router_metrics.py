@@ -89,3 +89,78 @@ def test_the_threshold_for_a_quality_target_is_the_highest_that_reaches_it() -> 
 def test_the_curve_refuses_mismatched_inputs() -> None:
     with pytest.raises(ValueError, match="3 scores for 2 weak"):
         metrics.curve([1, 2, 3], [0, 0], [1, 1])
+
+
+# -- weights: a row of weight w counts as w rows ------------------------------------------------
+
+def weighted_case(seed: int = 3, n: int = 60) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Scores with ties, labels, and integer weights 1..4."""
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 15, n) / 15  # ties on purpose
+    weak = rng.choice([0.0, 0.2, 0.6, 0.9, 1.0], n)
+    strong = np.minimum(1.0, weak + rng.choice([0.0, 0.1, 0.5, 0.8], n))
+    return scores, weak, strong, rng.integers(1, 5, n).astype(float)
+
+
+def figures(c: metrics.Curve) -> tuple[float, ...]:
+    t = metrics.threshold_for_quality(c, 0.95)
+    at = metrics.cost_at_quality(c, 0.95, 50)
+    return (metrics.apgr(c), metrics.cpt(c, 0.5), metrics.cpt(c, 0.8), at.share, at.cost_vs_strong, t.threshold,
+            t.share, t.quality, c.q_weak, c.q_strong)
+
+
+def test_integer_weights_give_the_figures_of_the_rows_duplicated() -> None:
+    scores, weak, strong, w = weighted_case()
+    reps = w.astype(int)
+    weighted = metrics.curve(scores, weak, strong, w)
+    duplicated = metrics.curve(np.repeat(scores, reps), np.repeat(weak, reps), np.repeat(strong, reps))
+    np.testing.assert_allclose(weighted.cost, duplicated.cost, atol=1e-12)
+    np.testing.assert_allclose(weighted.quality, duplicated.quality, atol=1e-12)
+    np.testing.assert_array_equal(weighted.thresholds, duplicated.thresholds)
+    assert figures(weighted) == pytest.approx(figures(duplicated), abs=1e-9)
+    # ...and they differ from the unweighted rows' (the test could fail).
+    assert metrics.apgr(weighted) != pytest.approx(metrics.apgr(metrics.curve(scores, weak, strong)), abs=1e-3)
+    for t in (0.0, 0.3, 0.6, 2.0):
+        assert metrics.at_threshold(scores, weak, strong, t, w) == pytest.approx(
+            metrics.at_threshold(np.repeat(scores, reps), np.repeat(weak, reps), np.repeat(strong, reps), t))
+
+
+def test_a_weight_of_zero_is_the_row_left_out() -> None:
+    scores, weak, strong, w = weighted_case(seed=5)
+    w[::3] = 0.0
+    kept = w > 0
+    assert figures(metrics.curve(scores, weak, strong, w)) == pytest.approx(
+        figures(metrics.curve(scores[kept], weak[kept], strong[kept], w[kept])), abs=1e-9)
+
+
+def test_weights_all_1_or_scaled_give_the_unweighted_figures() -> None:
+    scores, weak, strong, _ = weighted_case(seed=9)
+    plain = metrics.curve(scores, weak, strong)
+    for w in (np.ones(len(scores)), np.full(len(scores), 2.5)):
+        c = metrics.curve(scores, weak, strong, w)
+        np.testing.assert_allclose(c.cost, plain.cost, atol=1e-12)
+        np.testing.assert_allclose(c.quality, plain.quality, atol=1e-12)
+        assert figures(c) == pytest.approx(figures(plain), abs=1e-12)
+    # The hand-computed toy case is unchanged by unit weights.
+    weak, strong = toy()
+    c = metrics.curve([0.9, 0.5, 0.5, 0.1], weak, strong, [1, 1, 1, 1])
+    assert c.cost.tolist() == [0.0, 0.25, 0.75, 1.0] and c.quality.tolist() == [0.75, 1.0, 1.0, 1.0]
+
+
+def test_a_heavier_row_moves_the_curve_by_its_weight() -> None:
+    weak, strong = toy()
+    # The gaining row counts 3 times: it is half the calls, and the weak tier alone reaches 0.5.
+    c = metrics.curve([0.9, 0.5, 0.5, 0.1], weak, strong, [3, 1, 1, 1])
+    assert c.cost.tolist() == [0.0, 0.5, 5 / 6, 1.0]
+    assert (c.q_weak, c.q_strong) == (0.5, 1.0)
+    assert metrics.at_threshold(np.array([0.9, 0.5, 0.5, 0.1]), weak, strong, 0.9, [3, 1, 1, 1]) == (0.5, 1.0)
+
+
+@pytest.mark.parametrize(("weights", "message"), [
+    ([1, 1, 1], "3 weights for 4 rows"), ([1, -1, 1, 1], ">= 0"), ([0, 0, 0, 0], "not all 0"),
+    ([1, math.nan, 1, 1], "finite"),
+])
+def test_bad_weights_are_refused(weights: list[float], message: str) -> None:
+    weak, strong = toy()
+    with pytest.raises(ValueError, match=message):
+        metrics.curve([1, 2, 3, 4], weak, strong, weights)
