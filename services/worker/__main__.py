@@ -1,4 +1,5 @@
-"""``python -m services.worker``: run one inference worker."""
+"""``python -m services.worker``: run one inference worker, for the tier ``SF_TIER`` names in the
+tiers file: self-hosted (vLLM in this process) or upstream (forwarding to an HTTP provider)."""
 
 from services.shared.runner import run, settings_or_exit
 from services.worker.service import WorkerService

@@ -18,10 +18,11 @@ import pytest
 from nats.aio.client import Client
 
 from contracts.subjects import CANCEL_SUBJECT, USAGE_SUBJECT, Priority, infer_subject
-from contracts.v1 import REPLY_ADAPTER, CancelRequest, Final, HopAck, TaskEnvelope, UsageEvent
+from contracts.v1 import REPLY_ADAPTER, CancelRequest, ErrorReply, Final, HopAck, TaskEnvelope, UsageEvent
 from services.worker.service import WorkerService
 from services.worker.settings import WorkerSettings
 from tests.support.config import pricebook_with
+from tests.support.fake_provider import FakeProvider
 from tests.support.fakes import FakeEngine
 from tests.support.natsd import NatsServer
 from tests.support.tier_files import tiers_file
@@ -55,10 +56,11 @@ class Harness:
 
 
 @asynccontextmanager
-async def running_worker(nats_url: str, slots: int, waiting: int,
-                         seconds_per_token: float = 0.0) -> AsyncIterator[Harness]:
+async def running_worker(nats_url: str, slots: int, waiting: int, seconds_per_token: float = 0.0,
+                         tier: dict[str, object] | None = None) -> AsyncIterator[Harness]:
+    """The worker of ``TIER``: self-hosted on the fake engine, or ``tier`` as in the tiers file."""
     settings = WorkerSettings(nats_url=nats_url, instance_id="w-test", tier=TIER, pricebook_file=pricebook_with(TIER),
-                              tiers_file=tiers_file({TIER: {"kind": "vllm", "model": "smollm2-135m"}}),
+                              tiers_file=tiers_file({TIER: tier or {"kind": "vllm", "model": "smollm2-135m"}}),
                               max_num_seqs=slots,
                               max_waiting=waiting, interactive_reserve=0, bulk_enabled=False)
     service = WorkerService(settings, lambda s: FakeEngine(seconds_per_token=seconds_per_token))
@@ -126,3 +128,25 @@ async def test_cancel_aborts_the_engine_request(nats_server: NatsServer) -> None
         await wait_for(lambda: bool(w.usages))
         assert w.usages[0].status == "aborted"
         assert w.service.engine.aborted == ["c1"]  # type: ignore[union-attr]
+
+
+async def test_an_upstream_worker_refuses_at_once_for_good_while_its_provider_is_down(
+        nats_server: NatsServer) -> None:
+    provider = await FakeProvider().start()
+    tier = {"kind": "upstream", "model": "remote", "upstream": {
+        "base_url": provider.base_url, "model": "m", "retries": 0, "breaker": {"failures": 1, "open_s": 60}}}
+    try:
+        async with running_worker(nats_server.url, slots=2, waiting=0, tier=tier) as w:
+            assert w.service.engine is None  # no engine: the provider answers
+            provider.fail(503, "provider overloaded")
+            assert (await w.hand_off(envelope("u1", max_tokens=3))).accepted
+            await wait_for(lambda: any(isinstance(r, ErrorReply) for r in w.replies))
+            ack = await w.hand_off(envelope("u2", max_tokens=3))
+            assert (ack.accepted, ack.retry, ack.status) == (False, False, 503)
+            assert ack.reason is not None and ack.reason.startswith("upstream_unavailable: tier 'component-worker'")
+            assert "provider overloaded" in ack.reason
+            assert len(provider.requests) == 1
+            ready, details = w.service.ready()
+            assert ready and str(details["provider"]).startswith("upstream_unavailable")
+    finally:
+        await provider.stop()
