@@ -74,7 +74,7 @@ $(ROUTER_DATA): | $(STAMP)
 $(ROUTER_DATASET)/manifest.json: services/classifier/dataset.py services/classifier/sources.py services/classifier/labels.py bench/data/cache_paraphrases.jsonl bench/data/cache_vague_pairs.jsonl | $(ROUTER_DATA) $(CACHE_DATA)
 	$(PY) -m services.classifier.dataset build --out $(ROUTER_DATASET)
 
-$(ROUTER): $(ROUTER_DATASET)/manifest.json $(EMBEDDER)/.complete services/classifier/features.py services/classifier/learned.py services/classifier/training.py services/classifier/embeddings.py
+$(ROUTER): $(ROUTER_DATASET)/manifest.json $(EMBEDDER)/.complete services/classifier/features.py services/classifier/learned.py services/classifier/training.py services/classifier/embeddings.py services/classifier/mix.py services/classifier/metrics.py
 	$(PY) -m services.classifier.learned train --data $(ROUTER_DATASET) --out $(ROUTER)
 
 install: $(STAMP) $(CACHE_DATA) $(MODEL)/.complete $(EMBEDDER)/.complete $(VERIFIER) $(ROUTER)

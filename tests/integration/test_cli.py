@@ -46,7 +46,7 @@ def test_purge_without_a_running_ingress_says_so() -> None:
 
 def test_route_prints_the_tier_and_score_the_configured_router_picks_per_line(tmp_path: Path) -> None:
     file = tmp_path / "prompts.jsonl"
-    file.write_text(json.dumps({"prompt": "Thank you so much!"}) + "\n"
+    file.write_text(json.dumps({"prompt": "Can you recommend a good book to read this weekend?"}) + "\n"
                     + json.dumps({"prompt": "Find the number of ordered pairs (x, y) of integers with "
                                             "-100 <= x, y <= 100 such that 12x^2 - xy - 6y^2 = 0."}) + "\n"
                     + "not json\n"

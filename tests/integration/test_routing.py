@@ -24,7 +24,7 @@ from tests.support.usage_stream import usage_events
 
 pytestmark = pytest.mark.integration
 
-EASY = "Thank you so much, that was helpful!"
+EASY = "Can you recommend a good book to read this weekend?"
 HARD = ("Find the number of ordered pairs (x, y) of integers with -100 <= x, y <= 100 such that "
         "12x^2 - xy - 6y^2 = 0. Reason step by step.")
 
