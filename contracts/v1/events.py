@@ -56,6 +56,11 @@ class UsageEvent(WireModel):
     route_shadow: list[ShadowPick] = Field(default_factory=list, description="Candidate policies' picks.")
     fallback_from: str | None = Field(default=None, description="The tier that was unavailable, when its fallback "
                                       "answered.")
+    escalated_from: str | None = Field(default=None, description="Cascade: the tier whose answer failed the check "
+                                       "before this tier answered.")
+    escalation_prompt_tokens: int = Field(default=0, ge=0, description="Cascade: prompt tokens of the failed attempt.")
+    escalation_completion_tokens: int = Field(default=0, ge=0, description="Cascade: completion tokens of the "
+                                              "failed attempt.")
     occurred_at: float = Field(description="Unix time the request finished.")
 
 
@@ -99,23 +104,63 @@ class UsageQuery(WireModel):
 
 
 class UsageRow(WireModel):
+    """Totals of one tenant's requests answered by one tier. Money is a decimal string of dollars.
+
+    ``reference_cost_usd`` - ``cost_usd`` is what the levers saved, split in order (each credited
+    only with what it changed after the ones before it): cache, routing, fallback, prefix, bulk.
+    Rows recorded before the split existed (ledger revision < 0003) count in the totals but in no lever.
+    """
+
     tenant: str = Field(description="Tenant.")
-    tier: str = Field(description="Tier.")
+    tier: str = Field(description="Tier that answered.")
     requests: int = Field(description="Requests charged.")
     prompt_tokens: int = Field(description="Prompt tokens.")
     cached_prompt_tokens: int = Field(description="Prompt tokens from prefix cache.")
     completion_tokens: int = Field(description="Generated tokens.")
     cost_usd: str = Field(description="Actual cost, decimal string.")
-    reference_cost_usd: str = Field(description="What the reference tier, uncached, would have cost.")
+    reference_cost_usd: str = Field(
+        description="The counterfactual: each request as sent, on the tier it would have used without routing "
+        "(the model it named, or the default tier for 'auto'), uncached, full prompt, no batch discount.")
     cache_hits: int = Field(default=0, description="Requests answered from the cache (exact or semantic).")
     cache_saved_usd: str = Field(
         default="0.000000000",
-        description="What the cached answers served had cost when the model made them (priced at their tier).",
+        description="The cache lever: the answers served, priced on each request's counterfactual tier, less "
+        "what the hits themselves cost there.",
     )
+    routed_requests: int = Field(default=0, description="Requests whose tier a routing policy picked.")
+    routing_saved_usd: str = Field(
+        default="0.000000000",
+        description="The routing lever: the requests' own tokens on their counterfactual tier less on the tier "
+        "that answered, full price; negative when routing sent them to a dearer tier. Fallbacks are not in it.")
+    fallbacks: int = Field(default=0, description="Requests answered by a fallback tier (theirs was unavailable).")
+    fallback_saved_usd: str = Field(
+        default="0.000000000",
+        description="The same tier difference for fallbacks: an outage's effect, not a saving anyone chose "
+        "(negative when the fallback was dearer).")
+    prefix_saved_usd: str = Field(
+        default="0.000000000", description="The prefix-cache lever: cached prompt tokens' discount on the tier.")
+    bulk_saved_usd: str = Field(default="0.000000000", description="The bulk lever: the batch discount.")
+
+
+class ShadowPolicyRow(WireModel):
+    """A candidate routing policy run beside the live one (picks recorded, never acted on), compared
+    with the live policy on the same requests. Costs price each request's own tokens on the picked
+    tier exactly as the actual cost is priced, so where the two agree they cost the same."""
+
+    policy: str = Field(description="The candidate's name (routing.shadow[].name).")
+    requests: int = Field(description="Routed requests it ran on.")
+    agreed: int = Field(description="Of those, how many it sent to the tier the live policy picked.")
+    tiers: dict[str, int] = Field(default_factory=dict, description="Its picks per tier.")
+    live_tiers: dict[str, int] = Field(default_factory=dict, description="The live picks per tier, same requests.")
+    cost_usd: str = Field(description="What its picks would have cost.")
+    live_cost_usd: str = Field(description="What the live picks cost (before any fallback), same requests.")
+    unpriced: int = Field(default=0, description="Requests left out of both costs: a tier picked has no price.")
 
 
 class UsageReport(WireModel):
     rows: list[UsageRow] = Field(description="Totals per tenant and tier.")
+    shadow: list[ShadowPolicyRow] = Field(
+        default_factory=list, description="Shadow routing policies against the live one, over the same requests.")
 
 
 class AnswerAnnounced(WireModel):

@@ -131,12 +131,7 @@ class AccountingService:
             metrics.USAGE_EVENTS.labels("duplicate").inc()
             return
         metrics.USAGE_EVENTS.labels("recorded" if charge.priced else "unpriced").inc()
-        labels = (usage.tenant, usage.tier, usage.priority.value)
-        metrics.COST.labels(*labels, "actual").inc(charge.cost_nanousd / 1e9)
-        metrics.COST.labels(*labels, "reference").inc(charge.reference_nanousd / 1e9)
-        if charge.cache_saved_nanousd:
-            metrics.CACHE_SAVED.labels(usage.tenant, usage.cache_source_tier or usage.tier).inc(
-                charge.cache_saved_nanousd / 1e9)
+        observe_charge(usage, charge)
 
     async def on_query(self, query: UsageQuery) -> UsageReport:
         assert self.ledger is not None, "on_query runs only after start()"
@@ -185,6 +180,29 @@ class AccountingService:
     def ready(self) -> tuple[bool, dict[str, object]]:
         connected = is_connected(self.broker)
         return connected and self.ledger is not None, {"bus": connected, "ledger": self.ledger is not None}
+
+
+def observe_charge(usage: UsageEvent, charge: Charge) -> None:
+    """What one newly recorded charge tells the metrics: the cost, the counterfactual, the levers.
+
+    Counters only go up: routing's share goes to the saved counter when it saved, to the extra-cost
+    one when it sent the request to a dearer tier (net = saved - extra). A fallback's tier
+    difference is in the ledger only; fallbacks are counted where they happen.
+    """
+    tenant, tier = usage.tenant, usage.tier
+    labels = (tenant, tier, usage.priority.value)
+    metrics.COST.labels(*labels, "actual").inc(charge.cost_nanousd / 1e9)
+    # kind=reference is the counterfactual (the label kept its first name for existing dashboards).
+    metrics.COST.labels(*labels, "reference").inc(charge.counterfactual_nanousd / 1e9)
+    if charge.cache_saved_nanousd:
+        metrics.CACHE_SAVED.labels(tenant, usage.cache_source_tier or tier).inc(charge.cache_saved_nanousd / 1e9)
+    if charge.routing_saved_nanousd > 0:
+        metrics.ROUTING_SAVED.labels(tenant, tier).inc(charge.routing_saved_nanousd / 1e9)
+    elif charge.routing_saved_nanousd < 0:
+        metrics.ROUTING_EXTRA_COST.labels(tenant, tier).inc(-charge.routing_saved_nanousd / 1e9)
+    for lever, nanos in (("prefix", charge.prefix_saved_nanousd), ("bulk", charge.bulk_saved_nanousd)):
+        if nanos:
+            metrics.LEVER_SAVED.labels(tenant, tier, lever).inc(nanos / 1e9)
 
 
 def _stream_seq(msg: NatsMessage) -> int | None:

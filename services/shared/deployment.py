@@ -45,7 +45,7 @@ def check_optional(optional: Sequence[str], known: Collection[str] = KNOWN_STAGE
 
 
 def load_pricebook(path: str) -> PriceBook:
-    """The price book, validated (its reference tier must be one of its tiers)."""
+    """The price book, validated (``services.accounting.pricing.PriceBook``)."""
     return load_config_file(path, PriceBook)
 
 

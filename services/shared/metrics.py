@@ -171,15 +171,16 @@ CACHE_VERDICT_WAIT = Histogram(
 )
 CACHE_SAVED = Counter(
     "skinflint_cache_saved_usd_total",
-    "What the cached answers served had cost when a model made them, priced at their tier.",
+    "What the cached answers served saved: each request priced on its counterfactual tier, less what "
+    "the hit cost (tier: the one that made the answer).",
     ["tenant", "tier"],
 )
 
 # --- accounting: money ------------------------------------------------------------------------
 COST = Counter(
     "skinflint_cost_usd_total",
-    "Dollars charged (kind=actual) and what the same requests would have cost on the reference "
-    "tier, uncached and undiscounted (kind=reference).",
+    "Dollars charged (kind=actual) and the counterfactual (kind=reference): the same requests on the "
+    "tier they would have used without routing, uncached and undiscounted.",
     ["tenant", "tier", "priority", "kind"],
 )
 USAGE_EVENTS = Counter(
@@ -230,7 +231,19 @@ TIER_FALLBACKS = Counter(
 )
 ROUTING_SAVED = Counter(
     "skinflint_routing_saved_usd_total",
-    "What routing saved: the request priced at its counterfactual tier less at the tier that answered "
-    "(negative when it cost more), per tenant and tier.",
+    "What routing saved: the request priced at its counterfactual tier less at the tier that answered, "
+    "when that was cheaper (a dearer one: skinflint_routing_extra_cost_usd_total), per tenant and tier.",
     ["tenant", "tier"],
+)
+ROUTING_EXTRA_COST = Counter(
+    "skinflint_routing_extra_cost_usd_total",
+    "What routing cost beyond the counterfactual when it sent requests to a dearer tier (routing's net "
+    "saving is skinflint_routing_saved_usd_total minus this), per tenant and the tier that answered.",
+    ["tenant", "tier"],
+)
+LEVER_SAVED = Counter(
+    "skinflint_lever_saved_usd_total",
+    "What the prefix cache (kind=prefix: cached prompt tokens' discount) and bulk priority (kind=bulk: "
+    "the batch discount) saved, each after the levers before it.",
+    ["tenant", "tier", "kind"],
 )

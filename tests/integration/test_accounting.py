@@ -16,7 +16,7 @@ from nats.js.api import ConsumerInfo
 from sqlalchemy.exc import OperationalError
 
 from contracts.subjects import ACCOUNTING_DURABLE, USAGE_QUERY_SUBJECT, USAGE_STREAM, USAGE_SUBJECT, Priority
-from contracts.v1 import UsageEvent, UsageQuery, UsageReport
+from contracts.v1 import ShadowPick, UsageEvent, UsageQuery, UsageReport
 from services.accounting.ledger import Ledger
 from services.accounting.service import AccountingService
 from services.accounting.settings import AccountingSettings
@@ -63,9 +63,12 @@ async def accounting(fresh_nats_server: NatsServer, tmp_path: Path) -> AsyncIter
 
 
 def usage(request_id: str, tier: str = "small", tenant: str = "acme") -> UsageEvent:
-    return UsageEvent(request_id=request_id, tenant=tenant, model="smollm2-135m", tier=tier,
+    """A bulk 'auto' request the learned policy sent to ``tier``; without routing: 'large'."""
+    return UsageEvent(request_id=request_id, tenant=tenant, model="auto", tier=tier,
                       priority=Priority.BULK, status="ok", prompt_tokens=1000, cached_prompt_tokens=400,
-                      completion_tokens=100, occurred_at=1_700_000_000.0)
+                      completion_tokens=100, counterfactual_tier="large", route_policy="learned", route_score=0.1,
+                      route_threshold=0.5, route_shadow=[ShadowPick(policy="strict", tier="large")],
+                      occurred_at=1_700_000_000.0)
 
 
 async def publish(js: JetStreamContext, body: bytes, msg_id: str | None = None) -> tuple[int, bool]:
@@ -111,8 +114,11 @@ async def test_a_request_is_charged_once(accounting: AccountingService, nc: Nats
     rows = await ledger_of(accounting).requests(["req-1"])
     assert len(rows) == 1
     # bulk on "small": (600 * 0.05 + 400 * 0.01 + 100 * 0.10) * 0.5 $/M = 22,000 nano-dollars;
-    # reference "large", uncached: 1000 * 2.50 + 100 * 10.00 $/M = 3,500,000 nano-dollars.
+    # the counterfactual "large", uncached: 1000 * 2.50 + 100 * 10.00 $/M = 3,500,000 nano-dollars.
     assert (rows[0].cost_nanousd, rows[0].reference_nanousd, rows[0].priced) == (22_000, 3_500_000, True)
+    # Split in order: routing (small at full price: 60,000), prefix cache (44,000), bulk (22,000).
+    assert (rows[0].routing_saved_nanousd, rows[0].prefix_saved_nanousd, rows[0].bulk_saved_nanousd) == (
+        3_440_000, 16_000, 22_000)
 
 
 async def test_malformed_messages_do_not_block_good_ones(accounting: AccountingService,
@@ -173,6 +179,11 @@ async def test_usage_query_returns_the_report(accounting: AccountingService, nc:
     report = UsageReport.model_validate_json(reply.data)
     assert [(r.tenant, r.tier, r.requests, r.cost_usd, r.reference_cost_usd) for r in report.rows] == [
         ("acme", "small", 3, "0.000066000", "0.010500000")]
+    assert [(r.routed_requests, r.routing_saved_usd, r.prefix_saved_usd, r.bulk_saved_usd) for r in report.rows] == [
+        (3, "0.010320000", "0.000048000", "0.000066000")]
+    # The candidate 'strict' sent all three to large: 600 * 2.50 + 400 * 1.25 + 100 * 10, halved, each.
+    assert [(s.policy, s.requests, s.agreed, s.tiers, s.cost_usd, s.live_cost_usd) for s in report.shadow] == [
+        ("strict", 3, 0, {"large": 3}, "0.004500000", "0.000066000")]
 
 
 async def test_replicas_share_the_durable_consumer(fresh_nats_server: NatsServer, tmp_path: Path,

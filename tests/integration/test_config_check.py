@@ -46,13 +46,14 @@ def test_a_mistake_stops_the_service_with_a_message_naming_it(module: str, env: 
     assert len([line for line in done.stderr.splitlines() if "configuration error" in line]) == 1
 
 
-def test_a_price_book_without_its_reference_tier_stops_accounting(tmp_path: Path) -> None:
+def test_a_price_book_with_the_retired_reference_tier_stops_accounting(tmp_path: Path) -> None:
+    # A fixed reference tier is gone (each request's counterfactual is its own): an old price book
+    # must not start and silently mean something else.
     book = tmp_path / "pricebook.yaml"
-    book.write_text((ROOT / "infra/config/pricebook.yaml").read_text().replace("reference_tier: large",
-                                                                               "reference_tier: huge"))
+    book.write_text("reference_tier: large\n" + (ROOT / "infra/config/pricebook.yaml").read_text())
     done = start("services.accounting", {"SF_PRICEBOOK_FILE": str(book)})
     assert done.returncode == EX_CONFIG, done.stderr[-2000:]
-    assert f"{book}: reference_tier: 'huge' is not one of the tiers" in done.stderr
+    assert f"{book}: reference_tier: no longer used" in done.stderr
 
 
 def test_a_fallback_to_a_tier_that_does_not_exist_stops_ingress(tmp_path: Path) -> None:

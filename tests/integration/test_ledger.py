@@ -1,4 +1,5 @@
-"""The ledger on a real database: SQLite in a temporary folder, and PostgreSQL when one answers.
+"""The ledger on a real database: SQLite in a temporary folder, and PostgreSQL when one answers:
+idempotent writes, every field kept (routing and the levers too), totals, shadow policies, tables.
 
 These touch a database, so they carry the ``integration`` marker (its definition covers SQL)
 even though they need no bus and run in milliseconds.
@@ -11,7 +12,9 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -19,11 +22,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from contracts.subjects import Priority
-from contracts.v1 import UsageEvent, UsageQuery
+from contracts.v1 import ShadowPick, UsageEvent, UsageQuery
 from services.accounting.__main__ import main, report
 from services.accounting.ledger import Ledger, UnstorableUsage, make_engine
-from services.accounting.pricing import UNPRICED, Charge
+from services.accounting.pricing import UNPRICED, Charge, PriceBook
 from services.accounting.settings import AccountingSettings
+from services.shared.usage_table import render_table
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +112,7 @@ def usage(request_id: str, tenant: str = "acme", tier: str = "small", prompt: in
 
 
 async def test_same_request_id_twice_is_one_row(ledger: Ledger) -> None:
-    first = Charge(cost_nanousd=1_000, reference_nanousd=5_000)
+    first = Charge(cost_nanousd=1_000, counterfactual_nanousd=5_000)
     assert await ledger.record(usage("r1"), first) is True
     # A redelivery (even with different figures) changes nothing: the first write wins.
     assert await ledger.record(usage("r1", prompt=999), Charge(7, 7)) is False
@@ -167,21 +171,134 @@ async def test_values_no_column_holds_are_refused(ledger: Ledger) -> None:
     assert await ledger.requests(["big", "future"]) == []
 
 
+# --- routing, the levers, shadow policies ----------------------------------------------------------
+BOOK = PriceBook.model_validate({"currency": "USD", "tiers": {
+    "small": {"input_per_mtok": "0.05", "cached_input_per_mtok": "0.01", "output_per_mtok": "0.10",
+              "batch_discount": "0.5"},
+    "large": {"input_per_mtok": "2.50", "cached_input_per_mtok": "1.25", "output_per_mtok": "10.00",
+              "batch_discount": "0.5"}}})
+
+
+def routed(request_id: str, tier: str = "small", shadow: tuple[str, ...] = ("large",),
+           **fields: Any) -> UsageEvent:
+    """An 'auto' request (counterfactual: large) the learned policy sent to ``tier``, with a
+    candidate policy that picked ``shadow[0]`` (and more candidates for the rest)."""
+    return usage(request_id, tier=tier, prompt=1000, completion=100).model_copy(update={
+        "model": "auto", "counterfactual_tier": "large", "route_policy": "learned", "route_score": 0.25,
+        "route_threshold": 0.5,
+        "route_shadow": [ShadowPick(policy=f"cand{i}" if i else "strict", tier=t, score=0.6, threshold=0.3)
+                         for i, t in enumerate(shadow)],
+        **fields})
+
+
+async def record(ledger: Ledger, event: UsageEvent) -> bool:
+    return await ledger.record(event, BOOK.price(event))
+
+
+async def test_routing_fields_and_levers_round_trip(ledger: Ledger) -> None:
+    event = routed("r1", cached_prompt_tokens=400, priority=Priority.BULK)
+    assert await record(ledger, event) is True
+    row = await ledger.get("r1")
+    assert row is not None
+    assert (row.counterfactual_tier, row.route_policy, row.route_score, row.route_threshold, row.fallback_from) == (
+        "large", "learned", 0.25, 0.5, None)
+    # large full price 3,500,000; small full 60,000; small with 400 cached 44,000; bulk 22,000.
+    assert (row.reference_nanousd, row.cost_nanousd) == (3_500_000, 22_000)
+    assert (row.cache_saved_nanousd, row.routing_saved_nanousd, row.fallback_saved_nanousd,
+            row.prefix_saved_nanousd, row.bulk_saved_nanousd) == (0, 3_440_000, 0, 16_000, 22_000)
+
+
+async def test_a_negative_routing_saving_and_a_fallback_are_stored(ledger: Ledger) -> None:
+    dearer = usage("up", tier="large", prompt=1000, completion=100).model_copy(update={
+        "counterfactual_tier": "small", "route_policy": "rule:long-context"})
+    fell = usage("down", tier="small", prompt=1000, completion=100).model_copy(update={
+        "counterfactual_tier": "large", "fallback_from": "large"})
+    await record(ledger, dearer)
+    await record(ledger, fell)
+    rows = {r.request_id: r for r in await ledger.requests(["up", "down"])}
+    assert (rows["up"].routing_saved_nanousd, rows["up"].fallback_saved_nanousd) == (-3_440_000, 0)
+    assert (rows["down"].routing_saved_nanousd, rows["down"].fallback_saved_nanousd) == (0, 3_440_000)
+    assert rows["down"].fallback_from == "large"
+    report = await ledger.totals(UsageQuery())
+    assert [(r.tier, r.routed_requests, r.routing_saved_usd, r.fallbacks, r.fallback_saved_usd)
+            for r in report.rows] == [("large", 1, "-0.003440000", 0, "0.000000000"),
+                                      ("small", 0, "0.000000000", 1, "0.003440000")]
+
+
+async def test_a_redelivery_adds_no_shadow_pick(ledger: Ledger) -> None:
+    event = routed("r1", shadow=("large", "small"))
+    assert await record(ledger, event) is True
+    assert await record(ledger, event) is False
+    report = await ledger.totals(UsageQuery())
+    assert [(s.policy, s.requests) for s in report.shadow] == [("cand1", 1), ("strict", 1)]
+
+
+async def test_the_report_sums_the_levers_and_compares_shadow_policies(ledger: Ledger) -> None:
+    # Three routed requests: two sent to small, one to large; the candidate 'strict' sends all to
+    # large. One named-model request (no routing, no shadow) and one of another tenant.
+    await record(ledger, routed("a"))
+    await record(ledger, routed("b", cached_prompt_tokens=400))
+    await record(ledger, routed("c", tier="large"))
+    named = usage("named", prompt=1000, completion=100).model_copy(update={"counterfactual_tier": "small"})
+    await record(ledger, named)
+    await record(ledger, routed("other", tenant="beta"))
+    report = await ledger.totals(UsageQuery(tenant="acme"))
+    small = next(r for r in report.rows if r.tier == "small")
+    assert (small.requests, small.routed_requests, small.cost_usd, small.reference_cost_usd) == (
+        3, 2, "0.000164000", "0.007060000")  # 60,000 + 44,000 + 60,000; 3,500,000 * 2 + 60,000
+    assert (small.routing_saved_usd, small.prefix_saved_usd) == ("0.006880000", "0.000016000")
+    for r in report.rows:  # the levers add up to the counterfactual less the cost
+        levers = (r.cache_saved_usd, r.routing_saved_usd, r.fallback_saved_usd, r.prefix_saved_usd, r.bulk_saved_usd)
+        assert Decimal(r.reference_cost_usd) - Decimal(r.cost_usd) == sum(map(Decimal, levers))
+    [strict] = report.shadow
+    assert (strict.policy, strict.requests, strict.agreed, strict.tiers, strict.live_tiers) == (
+        "strict", 3, 1, {"large": 3}, {"large": 1, "small": 2})
+    # strict: a and c at 3,500,000, b (400 cached) at 3,000,000; live: 60,000 + 44,000 + 3,500,000.
+    assert (strict.cost_usd, strict.live_cost_usd, strict.unpriced) == ("0.010000000", "0.003604000", 0)
+
+
+async def test_the_table_shows_levers_and_shadow_policies(ledger: Ledger) -> None:
+    await record(ledger, routed("a"))
+    await record(ledger, routed("c", tier="large"))
+    table = render_table(await ledger.totals(UsageQuery()))
+    blocks = table.split("\n\n")
+    assert len(blocks) == 3
+    assert blocks[0].splitlines()[2].split() == ["acme", "large", "1", "1000", "0", "100", "0.003500", "0.003500",
+                                                 "0.0%"]
+    assert blocks[1].splitlines()[4].split() == ["acme", "small", "0", "0.000000", "1", "0.003440", "0", "0.000000",
+                                                 "0.000000", "0.000000"]
+    assert blocks[2].splitlines()[3].split() == ["strict", "2", "50.0%", "large", "100%", "large", "50%", "small",
+                                                 "50%", "0.007000", "0.003560", "+96.6%"]
+
+
 # --- the report command ---------------------------------------------------------------------
 async def test_report_prints_the_totals_table(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/ledger.db"
     engine = make_engine(url)
     ledger = Ledger(engine)
     await ledger.create_schema()
-    await ledger.record(usage("r1", tenant="acme"), Charge(250_000_000, 1_000_000_000))
+    await ledger.record(usage("r1", tenant="acme"),
+                        Charge(250_000_000, 1_000_000_000, routing_saved_nanousd=750_000_000))
     await ledger.record(usage("r2", tenant="beta"), Charge(1, 1))
     await engine.dispose()
     table = await report(AccountingSettings(database_url=url), UsageQuery(tenant="acme"))
     lines = table.splitlines()
     assert lines[0].split()[:3] == ["tenant", "tier", "requests"]
-    assert lines[2].split() == ["acme", "small", "1", "100", "0", "10", "0.250000", "1.000000", "75.0%",
-                                "0", "0.000000"]
-    assert len(lines) == 3  # beta is filtered out
+    assert lines[2].split() == ["acme", "small", "1", "100", "0", "10", "0.250000", "1.000000", "75.0%"]
+    assert lines[7].split() == ["acme", "small", "0", "0.000000", "0", "0.750000", "0", "0.000000", "0.000000",
+                                "0.000000"]
+    assert len(lines) == 8  # beta is filtered out; no shadow policy, no unsplit saving
+
+
+async def test_rows_from_before_the_split_show_as_unsplit(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path}/ledger.db")
+    ledger = Ledger(engine)
+    await ledger.create_schema()
+    await ledger.record(usage("old"), Charge(1_000, 5_000))  # as revision 0002 left them: no lever
+    table = render_table(await ledger.totals(UsageQuery()))
+    await engine.dispose()
+    assert table.splitlines()[5].split()[-2:] == ["unsplit", "$"]
+    assert table.splitlines()[7].split()[-1] == "0.000004"
 
 
 def test_report_command_on_an_empty_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

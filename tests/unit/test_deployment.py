@@ -57,10 +57,10 @@ def test_a_tier_without_a_price_names_the_setting_and_the_price_book() -> None:
     assert "pricebook.yaml (tiers.gold is missing; priced tiers: large, small)" in str(err.value)
 
 
-def test_a_price_book_whose_reference_tier_is_missing_names_the_file_and_key(tmp_path: Path) -> None:
+def test_a_price_book_with_the_retired_reference_tier_names_the_file_and_key(tmp_path: Path) -> None:
     path = tmp_path / "pricebook.yaml"
-    path.write_text(Path(PRICEBOOK).read_text().replace("reference_tier: large", "reference_tier: huge"))
-    with pytest.raises(ConfigFileError, match=r"pricebook\.yaml: reference_tier: 'huge' is not one of the tiers"):
+    path.write_text("reference_tier: large\n" + Path(PRICEBOOK).read_text())
+    with pytest.raises(ConfigFileError, match=r"pricebook\.yaml: reference_tier: no longer used"):
         load_pricebook(str(path))
 
 
