@@ -283,3 +283,11 @@ def test_is_local(url: str, local: bool) -> None:
 def test_an_event_that_is_not_json_among_others_is_named() -> None:
     with pytest.raises(ProviderProtocolError, match="not JSON: b'nope'"):
         StreamState(prompt_estimate=1).read([b'{"choices": []}', b"nope"])
+
+
+def test_plain_and_general_events_mixed_in_one_read_and_split_after_it() -> None:
+    parser = SseParser()
+    got = parser.feed(b'data: 1\n\n: ping\n\ndata: {"a":\ndata: 2}\n\n\ndata: 3\n\ndata: 4')
+    assert got == [b"1", b'{"a":\n2}', b"3"]
+    assert parser.feed(b"\n") == [] and parser.feed(b"\n") == [b"4"]
+    assert parser.feed(b"data: 5\r\n") == [] and parser.feed(b"\r\ndata: 6\n\n") == [b"5", b"6"]
