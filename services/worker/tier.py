@@ -6,6 +6,8 @@ variable or the file and key (the worker stops with exit code 78).
 Precedence for a self-hosted tier's engine options: an ``SF_...`` environment variable set
 explicitly wins over the file's ``engine:`` entry, which wins over the worker's defaults. The
 public model name (the answers' ``model``) is the tier's ``model`` unless ``SF_MODEL_NAME`` is set.
+An upstream tier's slots (the requests it forwards at once) are its ``max_inflight`` unless
+``SF_MAX_NUM_SEQS`` is set; it loads no engine (vLLM is never imported).
 
 An upstream tier's API key is read from the environment variable its ``api_key_env`` names.
 That variable unset is a start-up error, except for a provider on this machine (a local
