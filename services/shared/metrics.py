@@ -2,8 +2,9 @@
 
 Naming: ``skinflint_<what>_<unit>`` (``_total`` for counters), units spelled out (seconds,
 tokens, usd). Labels are low-cardinality only: ``tenant``, ``tier``, ``priority``, ``status``
-(an HTTP status code), ``outcome``, ``stage``, ``kind``, and the cache's ``mode`` (on, shadow)
-and ``match`` (true, false, n/a). Never a request id, a prompt or a key.
+(an HTTP status code), ``outcome``, ``stage``, ``kind``, the cache's ``mode`` (on, shadow)
+and ``match`` (true, false, n/a), and routing's ``policy`` (a configured policy's name), ``live_tier``,
+``fallback`` (a tier) and ``embedded``. Never a request id, a prompt or a key.
 A lever adds its counters here, next to these, and reports through the same labels.
 
 Each service process registers what it uses in prometheus-client's default registry, which
@@ -221,7 +222,7 @@ ROUTE_DECISION_DURATION = Histogram(
 )
 ROUTE_SHADOW = Counter(
     "skinflint_route_shadow_total",
-    "Candidate policies' picks beside the live ones (agree: both picked the same tier).",
+    "Candidate policies' picks beside the live ones (tier: the candidate's, live_tier: the live policy's).",
     ["policy", "tier", "live_tier"],
 )
 TIER_FALLBACKS = Counter(

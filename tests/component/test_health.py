@@ -40,7 +40,7 @@ pytestmark = pytest.mark.component
 AUTH = {"Authorization": "Bearer sk-skinflint-demo"}
 #: The labels skinflint's metrics may have (services/shared/metrics.py), and ``le`` of histograms.
 ALLOWED_LABELS = {"tenant", "tier", "priority", "status", "outcome", "stage", "kind", "stream", "mode", "match",
-                  "verdict", "le"}
+                  "verdict", "policy", "live_tier", "fallback", "embedded", "le"}
 #: Label names that would give every request a series of its own, or leak what it said.
 FORBIDDEN_LABEL = re.compile(r"request|prompt|key|user|content|message|trace|span|session|url", re.IGNORECASE)
 
