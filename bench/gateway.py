@@ -78,7 +78,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=None, help="saturation runs per target and mode (2)")
     parser.add_argument("--chunks", type=int, default=mock_openai.CHUNKS,
                         help=f"pieces of a streamed answer ({mock_openai.CHUNKS})")
+    parser.add_argument("--service-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for every process of skinflint (nats-server too), to "
+                             "measure a setting: e.g. SF_OTEL_SAMPLE_RATIO=0 or GOMAXPROCS=1; repeatable")
     args = parser.parse_args(argv)
+    if any("=" not in item for item in args.service_env):
+        parser.error("--service-env takes NAME=VALUE")
     quick = args.quick
     for name, full, small in (("slices", 8, 2), ("per_slice", 500, 50), ("duration", 10.0, 2.0), ("rounds", 2, 1)):
         if getattr(args, name) is None:
@@ -125,7 +130,7 @@ class Running:
             self.mock.wait(timeout=10)
 
 
-def start(out: Path, chunks: int) -> Running:
+def start(out: Path, chunks: int, env: dict[str, str] | None = None) -> Running:
     mock_port = free_port()
     (out / "log").mkdir(parents=True, exist_ok=True)
     with open(out / "log" / "mock.log", "ab") as log_file:
@@ -134,7 +139,7 @@ def start(out: Path, chunks: int) -> Running:
                                 start_new_session=True, preexec_fn=lifeline.die_with_parent_preexec(signal.SIGTERM))
     tenants, tiers = write_configs(out, mock_port)
     stack = Stack(var_dir=out, env={"SF_TENANTS_FILE": str(tenants), "SF_TIERS_FILE": str(tiers),
-                                    "SF_PIPELINE": '["infer"]', "SF_OPTIONAL_STAGES": "[]"})
+                                    "SF_PIPELINE": '["infer"]', "SF_OPTIONAL_STAGES": "[]", **(env or {})})
     running = Running(mock, mock_port, stack)
     try:
         wait_for_port(mock_port, mock, 20)
@@ -146,6 +151,10 @@ def start(out: Path, chunks: int) -> Running:
         running.stop()
         raise
     return running
+
+
+def service_env(args: argparse.Namespace) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in args.service_env)
 
 
 def targets(running: Running, stream: bool, chunks: int) -> tuple[Target, Target]:
@@ -164,6 +173,32 @@ def mock_calls(running: Running) -> int:
     return int(httpx.get(f"http://127.0.0.1:{running.mock_port}/mock/stats", timeout=5).json()["chat"])
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy since boot (all CPUs; /proc/stat)."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds each process used since it was made, and what the rest of the machine used."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.before = {name: session_usage([pid])[0] for name, pid in pids.items()}
+        self.machine, self.ours = machine_busy_s(), time.process_time()
+
+    def read(self, load_generator_s: float) -> dict[str, float]:
+        """Per process, ``load generator`` (this process's event loop thread, measured by the
+        caller) and ``others``: the rest of the machine (this process's other threads included)."""
+        machine, ours = machine_busy_s() - self.machine, time.process_time() - self.ours
+        cpu = {name: session_usage([pid])[0] - self.before[name] for name, pid in self.pids.items()}
+        cpu["load generator"] = load_generator_s
+        cpu["others"] = max(0.0, machine - sum(cpu.values()) - (ours - load_generator_s))
+        return cpu
+
+
 # --- measuring -----------------------------------------------------------------------------------
 
 class GatewayBench:
@@ -171,6 +206,8 @@ class GatewayBench:
         self.args, self.running, self.runner = args, running, runner
         self.latency: dict[str, dict[str, list[dict[str, Any]]]] = {m: {"direct": [], "skinflint": []} for m in MODES}
         self.saturation: list[dict[str, Any]] = []
+        #: Per mode: each process's share of a core over the one-client runs, the machine's rest too.
+        self.one_client_cpu: dict[str, dict[str, float]] = {}
 
     def load(self, target: Target, connections: int, **limit: Any) -> LoadResult:
         self.running.stack.check_alive()
@@ -192,12 +229,16 @@ class GatewayBench:
         args = self.args
         for mode in MODES:
             pair = targets(self.running, mode == "stream", args.chunks)
+            meter, started, loadgen = CpuMeter(self.running.pids()), time.perf_counter(), 0.0
             for k in range(args.slices):
                 for target in pair if k % 2 == 0 else pair[::-1]:
                     result = self.load(target, 1, requests=args.per_slice)
+                    loadgen += result.cpu_s
                     self.latency[mode][target.name].append(result.as_dict())
                     common.log(f"one client, {mode:6} slice {k + 1}/{args.slices} {target.name:9}: "
                                f"{gateway_report.brief(result)}")
+            wall = time.perf_counter() - started
+            self.one_client_cpu[mode] = {name: s / wall for name, s in meter.read(loadgen).items()}
 
     def saturate(self) -> None:
         args = self.args
@@ -208,12 +249,10 @@ class GatewayBench:
                     self.saturation.append(self.measure(target, mode, r))
 
     def measure(self, target: Target, mode: str, round_no: int) -> dict[str, Any]:
-        pids = self.running.pids()
         calls = mock_calls(self.running)
-        before = {name: session_usage([pid])[0] for name, pid in pids.items()}
+        meter = CpuMeter(self.running.pids())
         result = self.load(target, self.args.connections, duration_s=self.args.duration)
-        cpu = {name: session_usage([pid])[0] - before[name] for name, pid in pids.items()}
-        cpu["load generator"] = result.cpu_s
+        cpu = meter.read(result.cpu_s)
         row = gateway_report.saturation_row(result, mode, round_no, cpu, mock_calls(self.running) - calls)
         common.log(f"saturation round {round_no + 1}/{self.args.rounds}, {mode:6} {target.name:9}: "
                    f"{gateway_report.brief(result)}; CPU " + ", ".join(
@@ -236,12 +275,12 @@ def main(argv: list[str] | None = None) -> int:
             running.stop()
         meta.update(finished=time.time(), complete=complete, loadavg_end=os.getloadavg())
         common.save_json(out / "results.json", {"meta": meta, **({} if bench is None else {
-            "latency": bench.latency, "saturation": bench.saturation})})
+            "latency": bench.latency, "one_client_cpu": bench.one_client_cpu, "saturation": bench.saturation})})
 
     with common.attempt(clean_up) as outcome, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         common.log(f"starting the mock ({args.chunks} chunks a stream), nats-server, ingress (pipeline "
                    "['infer']: no cache, no classifier) and one upstream worker; no accounting service")
-        running = start(out, args.chunks)
+        running = start(out, args.chunks, service_env(args))
         bench = GatewayBench(args, running, runner)
         bench.warm_up()
         bench.one_client()
@@ -249,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     common.log(f"raw results: {out / 'results.json'}")
     if not outcome.complete or bench is None:
         return 1
-    text, checks = gateway_report.report(bench.latency, bench.saturation, args)
+    text, checks = gateway_report.report(bench.latency, bench.saturation, args, bench.one_client_cpu)
     print()
     print(text)
     print(load_line(meta))

@@ -24,6 +24,8 @@ MIN_RPS = {"json": 400.0, "stream": 100.0}
 MODE_NAMES = {"json": "non-streamed", "stream": "streamed"}
 #: Processes in the CPU table, in this order (the load generator is this process's event loop).
 PROCESSES = ("ingress", "worker", "nats", "mock", "load generator")
+#: CPU the rest of the machine used meanwhile (a busy machine makes every figure worse).
+OTHERS = "others"
 #: skinflint's phases of the path (``x-skinflint-phases-ms``), in order.
 PHASES = ("ingress_in", "to_worker", "worker_in", "worker_out", "to_ingress", "ingress_out")
 
@@ -112,6 +114,9 @@ def latency_tables(summary: dict[str, dict[str, Any]]) -> str:
         rows.append(["added", "", "", fmt(row["added_p50"], 3), fmt(row["added_p99"], 3), "", "", ""])
         out.append(f"One client, {MODE_NAMES[mode]} (closed loop, one request at a time; ms)")
         out.append(table(["target", "requests", "errors", "p50", "p99", "p99.9", "1st byte p50", "p50 ratio"], rows))
+        if "cpu_share" in row:
+            out.append("CPU over these runs, share of one core: " + ", ".join(
+                f"{name} {share:.0%}" for name, share in row["cpu_share"].items()))
         out.append(f"added p50 {fmt(row['added_p50'], 3)} ms (90% interval {interval_text(row['added_p50_ci'], 3)}), "
                    f"added p99 {fmt(row['added_p99'], 3)} ms ({interval_text(row['added_p99_ci'], 3)})")
         if row["phases"]:
@@ -165,23 +170,31 @@ def saturation_tables(summary: Sequence[dict[str, Any]]) -> str:
     for r in summary:
         shares, per = r["cpu_share"], r["cpu_us"]
         cells = [f"{shares[p]:.0%} / {per[p]:,.0f}" if p in shares else "-" for p in PROCESSES]
-        total = sum(shares.values())
-        cpu_rows.append([MODE_NAMES[r["mode"]], r["target"], *cells, f"{total:.0%} / {sum(per.values()):,.0f}"])
-    out.append(table(["mode", "target", *PROCESSES, "all"], cpu_rows))
+        total = sum(v for k, v in shares.items() if k != OTHERS)
+        total_us = sum(v for k, v in per.items() if k != OTHERS)
+        cpu_rows.append([MODE_NAMES[r["mode"]], r["target"], *cells, f"{total:.0%} / {total_us:,.0f}",
+                         f"{shares.get(OTHERS, math.nan):.0%}"])
+    out.append(table(["mode", "target", *PROCESSES, "all of these", "rest of the machine"], cpu_rows))
     return "\n".join(out)
 
 
 # --- the whole report ----------------------------------------------------------------------------
 
 def report(latency: dict[str, dict[str, list[dict[str, Any]]]], saturation: Sequence[dict[str, Any]],
-           args: argparse.Namespace) -> tuple[str, list[tuple[str, bool, str]]]:
+           args: argparse.Namespace, one_client_cpu: dict[str, dict[str, float]] | None = None,
+           ) -> tuple[str, list[tuple[str, bool, str]]]:
     """The printed tables, and the targets as (name, met, figure)."""
     lat = latency_summary(latency)
+    for mode, shares in (one_client_cpu or {}).items():
+        if mode in lat:
+            lat[mode]["cpu_share"] = shares
     sat = saturation_summary(saturation)
     text = "\n".join([
         "skinflint: ingress -> NATS -> one upstream worker -> the mock; pipeline ['infer'] (no cache, no "
         "classifier); accounting service off (usage events wait in JetStream)",
         f"mock: zero latency, {args.chunks} chunks per streamed answer; the load generator checks every answer",
+        *([f"skinflint's environment set for this run: {' '.join(args.service_env)}"]
+          if getattr(args, "service_env", None) else []),
         "", latency_tables(lat), saturation_tables(sat)])
     checks: list[tuple[str, bool, str]] = []
     for mode, row in lat.items():
