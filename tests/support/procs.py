@@ -34,3 +34,13 @@ def cmdline(pid: int) -> list[str]:
     except (FileNotFoundError, ProcessLookupError):
         return []
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def environ(pid: int) -> dict[str, str]:
+    """The process's environment as it started (empty once it is gone)."""
+    try:
+        raw = (Path("/proc") / str(pid) / "environ").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return {}
+    pairs = (part.decode(errors="replace").partition("=") for part in raw.split(b"\0") if part)
+    return {name: value for name, _, value in pairs}
