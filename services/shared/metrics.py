@@ -248,3 +248,9 @@ LEVER_SAVED = Counter(
     "the batch discount) saved, each after the levers before it.",
     ["tenant", "tier", "kind"],
 )
+CASCADE_ESCALATIONS = Counter(
+    "skinflint_cascade_escalations_total",
+    "Weak-tier answers the cascade's check failed, by tier and outcome: why it escalated (empty, cut_short, "
+    "repetitive), or unavailable (the strong tier took no task: the weak answer was sent).",
+    ["tier", "outcome"],
+)

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -128,10 +128,18 @@ def failure_reply(env: TaskEnvelope, where: str) -> ErrorReply:
                               f"{env.request_id}")
 
 
+#: The cascade (``services.worker.cascade.Escalator`` bound to this worker's tier): hands a weak
+#: attempt whose answer fails the check to the strong tier; returns why (None: send the answer).
+Escalate = Callable[[TaskEnvelope, Final], Awaitable[str | None]]
+
+
 async def answer(env: TaskEnvelope, backend: Backend[Any], sink: ReplySink, who: WorkerIdentity,
-                 queue_seconds: float = 0.0, gate: VerdictGate | None = None) -> Final | ErrorReply | None:
+                 queue_seconds: float = 0.0, gate: VerdictGate | None = None,
+                 escalate: Escalate | None = None) -> Final | ErrorReply | None:
     """Generate the answer to ``env`` with ``backend`` and report it. Returns what was sent as the
-    last reply (None: the cache served the client, see ``VerdictGate``; nothing was sent or charged).
+    last reply (None: the cache served the client, see ``VerdictGate``, or the cascade escalated
+    the task to the strong tier, which answers it and charges this attempt's tokens with its own;
+    nothing was sent or charged here).
 
     Contract: whatever happens (a bad request, a template that fails to render, an engine or
     provider error, anything unexpected), the client gets exactly one last reply, a ``Final`` or
@@ -195,6 +203,12 @@ async def answer(env: TaskEnvelope, backend: Backend[Any], sink: ReplySink, who:
         try:
             env = await gate.settle(env, sink)
         except Superseded:
+            return None
+    if isinstance(reply, Final) and escalate is not None:
+        why = await escalate(env, reply)
+        if why is not None:
+            log.info("request %s: the %s tier's answer failed the cascade's check (%s); the strong tier answers",
+                     env.request_id, who.tier, why)
             return None
     # Usage first, then the reply, on the same connection: see the contract above.
     await asyncio.shield(_report(sink, env, who, status, last, prompt_tokens if in_engine else 0,

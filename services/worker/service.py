@@ -51,13 +51,16 @@ from contracts.v1 import (
 from services.shared import lane, metrics
 from services.shared.broker import ensure_streams, is_connected, make_broker
 from services.shared.deployment import check_priced, load_pricebook
+from services.shared.errors import SkinflintError
 from services.shared.settings import env_name
-from services.shared.slip import mark_arrival
+from services.shared.slip import StageHop, mark_arrival
 from services.shared.telemetry import setup_tracing
+from services.shared.tiers import load_tiers
 from services.shared.usage import UsagePublisher
 from services.shared.validation import summary
 from services.worker.backend import Backend, EngineBackend, WorkerIdentity
 from services.worker.capacity import Capacity
+from services.worker.cascade import Escalator
 from services.worker.engine import Engine
 from services.worker.generation import VerdictGate, answer
 from services.worker.settings import WorkerSettings
@@ -130,6 +133,7 @@ class WorkerService:
         self.identity = WorkerIdentity(settings.instance_id, settings.tier, settings.model_name,
                                        settings.default_max_tokens)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._escalator = self._cascade(settings)
         self._draining = False
         self._freed = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
@@ -225,7 +229,7 @@ class WorkerService:
                 gate = None if verdict is None else VerdictGate(
                     verdict, self.settings.cache_verdict_timeout_s, self.identity.worker_id)
                 await answer(env, self.backend, self.sink, self.identity,
-                             queue_seconds=time.monotonic() - queued_at, gate=gate)
+                             queue_seconds=time.monotonic() - queued_at, gate=gate, escalate=self._escalate)
             ok = True
         except asyncio.CancelledError:
             pass
@@ -347,6 +351,33 @@ class WorkerService:
         if down is not None:
             details["provider"] = down  # still ready: the worker refuses the tier's tasks at once
         return ready, details
+
+    # --- the cascade ----------------------------------------------------------------------
+    def _cascade(self, settings: WorkerSettings) -> Escalator | None:
+        """The cascade's escalator, on a worker of the routing's weak tier when the cascade is on."""
+        routing = load_tiers(settings.tiers_file).routing
+        if routing is None or not routing.cascade.enabled or routing.weak != settings.tier:
+            return None
+        self._hop = StageHop(self.broker, fallbacks=load_tiers(settings.tiers_file).fallbacks())
+        return Escalator(routing.cascade, routing.strong, self._hand_over)
+
+    async def _hand_over(self, env: TaskEnvelope) -> bool:
+        try:
+            await self._hop.deliver(env)
+        except SkinflintError as exc:
+            log.warning("request %s: the cascade could not hand it to tier %r (%s); sending the weak answer",
+                        env.request_id, env.route.tier, exc.message)
+            metrics.CASCADE_ESCALATIONS.labels(self.settings.tier, "unavailable").inc()
+            return False
+        return True
+
+    async def _escalate(self, env: TaskEnvelope, final: Final) -> str | None:
+        if self._escalator is None:
+            return None
+        why = await self._escalator(env, final, self.settings.tier)
+        if why is not None:
+            metrics.CASCADE_ESCALATIONS.labels(self.settings.tier, why).inc()
+        return why
 
     # --- Service --------------------------------------------------------------------------
     def _make_backend(self) -> Backend[Any]:

@@ -20,7 +20,7 @@ from services.classifier.service import ClassifierService
 from services.classifier.settings import ClassifierSettings
 from services.stack import Stack, free_port
 from tests.integration.conftest import AUTH, NatsServer, running_ingress, running_worker
-from tests.support.usage_stream import usage_events
+from tests.support.usage_stream import usage_events, usage_stream
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,7 @@ HARD = ("Find the number of ordered pairs (x, y) of integers with -100 <= x, y <
         "12x^2 - xy - 6y^2 = 0. Reason step by step.")
 
 
-def tiers_config(fallback: bool = True) -> dict[str, Any]:
+def tiers_config(fallback: bool = True, cascade: bool = False) -> dict[str, Any]:
     """small and large, both self-hosted here (fake engines); the shipped learned policy."""
     large: dict[str, Any] = {"kind": "vllm", "model": "big-model"}
     if fallback:
@@ -38,7 +38,7 @@ def tiers_config(fallback: bool = True) -> dict[str, Any]:
             "models": {"smollm2-135m": {"tier": "small"}, "big-model": {"tier": "large"}},
             "routing": {"weak": "small", "strong": "large", "default_tier": "large",
                         "rules": [{"name": "pro-plan", "tier": "large", "tenant_class": ["pro"]}],
-                        "policy": {"kind": "learned"}}}
+                        "policy": {"kind": "learned"}, "cascade": {"enabled": cascade}}}
 
 
 @pytest.fixture
@@ -75,10 +75,13 @@ async def running_classifier(nats_url: str, tiers: Path) -> AsyncIterator[Classi
 
 @asynccontextmanager
 async def routed_stack(nats_url: str, tiers: Path, tenants: Path, *, classifier: bool = True,
-                       worker_tiers: tuple[str, ...] = ("small", "large")) -> AsyncIterator[httpx.AsyncClient]:
+                       worker_tiers: tuple[str, ...] = ("small", "large"),
+                       **small: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """``small``: settings of the small tier's worker."""
     async with AsyncExitStack() as stack:
         for tier in worker_tiers:
-            await stack.enter_async_context(running_worker(nats_url, tier=tier, tiers_file=str(tiers)))
+            await stack.enter_async_context(running_worker(nats_url, tier=tier, tiers_file=str(tiers),
+                                                           **(small if tier == "small" else {})))
         if classifier:
             await stack.enter_async_context(running_classifier(nats_url, tiers))
         _, client = await stack.enter_async_context(running_ingress(
@@ -172,6 +175,31 @@ async def test_without_a_fallback_an_unavailable_tier_is_a_503(
     async with routed_stack(nats_server.url, tiers, tenants, worker_tiers=("small",)) as client:
         r = await client.post("/v1/chat/completions", json=ask(EASY, model="big-model"))
     assert r.status_code == 503, r.text
+
+
+async def test_the_cascade_escalates_a_weak_answer_that_fails_its_check_and_charges_both(
+    nats_server: NatsServer, tenants: Path, tmp_path: Path
+) -> None:
+    tiers = tmp_path / "tiers-cascade.yaml"
+    tiers.write_text(yaml.safe_dump(tiers_config(cascade=True)))
+    # The small tier's answers stop at 2 tokens of its own accord: cut short, they fail the check.
+    async with routed_stack(nats_server.url, tiers, tenants, default_max_tokens=2) as client:
+        body = {"model": "auto", "messages": [{"role": "user", "content": EASY}]}
+        escalated = await client.post("/v1/chat/completions", json=body)
+        limited = await client.post("/v1/chat/completions", json={**body, "max_tokens": 2})
+        streamed = await client.post("/v1/chat/completions", json={**body, "stream": True})
+    assert escalated.status_code == limited.status_code == streamed.status_code == 200
+    assert (escalated.headers["x-skinflint-tier"], escalated.json()["model"]) == ("large", "big-model")
+    # A limit the client asked for is not a failure, and a stream has reached the client already.
+    assert limited.headers["x-skinflint-tier"] == streamed.headers["x-skinflint-tier"] == "small"
+    stream = await usage_stream(nats_server.url)
+    mine = [e for e in stream if e["request_id"] == escalated.headers["x-request-id"]]
+    assert len(mine) == 1, mine  # one request, one charge: the weak attempt's tokens ride on it
+    event = mine[0]
+    assert (event["tier"], event["escalated_from"], event["route_policy"]) == ("large", "small", "learned")
+    assert event["escalation_completion_tokens"] == 2 and event["escalation_prompt_tokens"] > 0
+    others = {e["request_id"]: e for e in stream}
+    assert others[limited.headers["x-request-id"]]["escalated_from"] is None
 
 
 def attribute(span: Span, key: str) -> Any:
