@@ -159,7 +159,9 @@ def usage(
     url: UrlOption = "http://127.0.0.1:8000",
     api_key: KeyOption = "",
 ) -> None:
-    """Usage, cost, reference cost and cache savings per tenant and tier."""
+    """Usage and cost per tenant and tier against each request's counterfactual (the tier it would
+    have used without routing, uncached), the savings by lever (cache, routing, fallback, prefix,
+    bulk), and the shadow routing policies against the live one."""
     params: dict[str, Any] = {"format": "table"}
     if tenant is not None:
         params["tenant"] = tenant

@@ -117,8 +117,10 @@ async def test_ledger_row_matches_the_engine_and_the_price_book(live: LiveSystem
     assert (row.prompt_tokens, row.cached_prompt_tokens, row.completion_tokens) == (
         usage["prompt_tokens"], cached, usage["completion_tokens"])
     assert row.cost_nanousd == expected_nanos("small", row.prompt_tokens, cached, row.completion_tokens)
-    assert row.reference_nanousd == expected_nanos("large", row.prompt_tokens, 0, row.completion_tokens)
-    assert row.cost_nanousd < row.reference_nanousd
+    # A named model: its counterfactual is its own tier, uncached; only the prefix cache saved.
+    assert (row.counterfactual_tier, row.routing_saved_nanousd) == ("small", 0)
+    assert row.reference_nanousd == expected_nanos("small", row.prompt_tokens, 0, row.completion_tokens)
+    assert row.reference_nanousd - row.cost_nanousd == row.prefix_saved_nanousd
 
 
 def test_the_prefix_cache_shows_in_usage(live: LiveSystem) -> None:
@@ -148,9 +150,10 @@ def test_usage_table_for_the_callers_tenant(live: LiveSystem) -> None:
     r = httpx.get(f"{live.base_url}/v1/usage", params={"format": "table"}, timeout=30,
                   headers={"Authorization": f"Bearer {KEY}"})
     assert r.status_code == 200
-    lines = r.text.splitlines()
-    assert lines[0].split()[:3] == ["tenant", "tier", "requests"]
-    assert all(line.split()[0] == "demo" for line in lines[2:])  # never another tenant's rows
+    totals, levers = r.text.split("\n\n")[:2]
+    assert totals.splitlines()[0].split()[:3] == ["tenant", "tier", "requests"]
+    # Never another tenant's rows, in the totals or in the savings by lever (title, header, rule first).
+    assert all(line.split()[0] == "demo" for line in totals.splitlines()[2:] + levers.splitlines()[3:])
 
 
 async def test_a_bulk_task_is_answered_by_the_real_engine_and_charged_at_the_batch_price(
@@ -232,4 +235,4 @@ async def test_a_repeated_question_is_served_from_the_cache_and_the_ledger_count
     assert (row.cache_outcome, row.prompt_tokens, row.completion_tokens, row.cost_nanousd) == ("exact", 0, 0, 0)
     assert row.cache_source_tier == "small"
     assert row.cache_saved_nanousd == expected_nanos("small", made["prompt_tokens"], 0, made["completion_tokens"])
-    assert row.reference_nanousd == expected_nanos("large", made["prompt_tokens"], 0, made["completion_tokens"])
+    assert row.reference_nanousd == row.cache_saved_nanousd  # the counterfactual, small: the cache saved it all

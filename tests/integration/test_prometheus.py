@@ -214,10 +214,10 @@ def test_prometheus_scrapes_every_service_and_the_series_arrive(
 
             until(arrived, f"{promql} from {service}", prometheus)
 
-        # The counterfactual costs more than what was charged: the reference tier is the large one.
+        # The counterfactual (a named model's own tier, uncached) costs at least what was charged.
         actual = values(prometheus, 'sum(skinflint_cost_usd_total{kind="actual",tenant="demo"})')[""]
         reference = values(prometheus, 'sum(skinflint_cost_usd_total{kind="reference",tenant="demo"})')[""]
-        assert reference > actual > 0, prometheus.describe()
+        assert reference >= actual > 0, prometheus.describe()
     finally:
         prometheus.stop()
     assert prometheus.process.returncode == 0, prometheus.describe()
