@@ -250,6 +250,8 @@ def test_migrate_sql_prints_the_schema_without_connecting(monkeypatch: pytest.Mo
                       "CREATE INDEX ix_usage_records_tenant_occurred ON usage_records (tenant, occurred_at)",
                       "INSERT INTO alembic_version (version_num) VALUES ('0001')",
                       "ALTER TABLE usage_records ADD COLUMN cache_saved_nanousd BIGINT DEFAULT '0' NOT NULL",
+                      "ALTER TABLE usage_records ADD COLUMN routing_saved_nanousd BIGINT DEFAULT '0' NOT NULL",
+                      "CREATE TABLE usage_route_shadow",
                       f"UPDATE alembic_version SET version_num='{HEAD}'", "COMMIT;"):
         assert statement in sql
     with pytest.raises(SystemExit):
