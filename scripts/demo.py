@@ -32,7 +32,7 @@ REQUESTS = [
            "and three unit tests."),
 ]
 LEVERS = (("cache", "cache_saved_usd"), ("routing", "routing_saved_usd"), ("fallback", "fallback_saved_usd"),
-          ("prefix cache", "prefix_saved_usd"), ("bulk", "bulk_saved_usd"))
+          ("prefix cache", "prefix_saved_usd"), ("bulk", "bulk_saved_usd"), ("cascade", "cascade_saved_usd"))
 
 
 def get_usage(**params: str | float) -> httpx.Response:

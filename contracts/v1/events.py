@@ -107,7 +107,8 @@ class UsageRow(WireModel):
     """Totals of one tenant's requests answered by one tier. Money is a decimal string of dollars.
 
     ``reference_cost_usd`` - ``cost_usd`` is what the levers saved, split in order (each credited
-    only with what it changed after the ones before it): cache, routing, fallback, prefix, bulk.
+    only with what it changed after the ones before it): cache, routing, fallback, prefix, bulk,
+    cascade.
     Rows recorded before the split existed (ledger revision < 0003) count in the totals but in no lever.
     """
 
@@ -140,6 +141,11 @@ class UsageRow(WireModel):
     prefix_saved_usd: str = Field(
         default="0.000000000", description="The prefix-cache lever: cached prompt tokens' discount on the tier.")
     bulk_saved_usd: str = Field(default="0.000000000", description="The bulk lever: the batch discount.")
+    escalations: int = Field(default=0, description="Requests the cascade escalated: the weak tier's answer failed "
+                             "the cheap check and this tier answered instead.")
+    cascade_saved_usd: str = Field(
+        default="0.000000000", description="The cascade's cost as a (never positive) saving: the failed weak "
+        "attempts' tokens, charged on top.")
 
 
 class ShadowPolicyRow(WireModel):

@@ -84,13 +84,14 @@ def _row(usage: UsageEvent, charge: Charge, recorded_at: datetime) -> dict[str, 
         "bulk_saved_nanousd": charge.bulk_saved_nanousd,
     })
     signed = _checked(usage.request_id, {"routing_saved_nanousd": charge.routing_saved_nanousd,
-                                         "fallback_saved_nanousd": charge.fallback_saved_nanousd}, signed=True)
+                                         "fallback_saved_nanousd": charge.fallback_saved_nanousd,
+                                         "cascade_saved_nanousd": charge.cascade_saved_nanousd}, signed=True)
     return {
         **usage.model_dump(include={"request_id", "tenant", "api_key_id", "model", "tier", "status",
                                     "queue_seconds", "engine_seconds", "worker", "cache_outcome",
                                     "cache_similarity", "cache_source_tier", "cache_shadow",
                                     "cache_shadow_similarity", "cache_shadow_match", "route_policy",
-                                    "route_score", "route_threshold", "fallback_from"}),
+                                    "route_score", "route_threshold", "fallback_from", "escalated_from"}),
         **counts,
         **signed,
         # The tier the counterfactual was priced on (the event's, unless that one has no price).

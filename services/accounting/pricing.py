@@ -16,7 +16,9 @@ c0    the counterfactual                                   -
 c1    its own tokens, counterfactual tier, full price      cache (c0 - c1)
 c2    its own tokens, the tier that answered, full price   routing, or fallback (c1 - c2)
 c3    the same, cached prompt tokens at the cached price   prefix cache (c2 - c3)
-c4    the same, with the batch discount if bulk            bulk (c3 - c4); c4 is the cost
+c4    the same, with the batch discount if bulk            bulk (c3 - c4)
+c5    c4 plus a cascade's failed attempt (its tokens on    cascade (c4 - c5, never > 0);
+      the weak tier, no cached prompt, bulk discounted)    c5 is the cost
 ====  ==================================================  ===============================
 
 Each step is rounded to whole nano-dollars and each lever is a difference of two rounded steps,
@@ -59,9 +61,10 @@ class ShadowCharge:
 class Charge:
     """What one request cost, what it would have cost (the counterfactual), and the levers' shares.
 
-    Invariant: ``counterfactual_nanousd - cost_nanousd == sum of the five *_saved_nanousd``.
+    Invariant: ``counterfactual_nanousd - cost_nanousd == sum of the six *_saved_nanousd``.
     ``cache``, ``prefix`` and ``bulk`` are never negative; ``routing`` and ``fallback`` are
-    negative when the request was answered by a dearer tier than its counterfactual.
+    negative when the request was answered by a dearer tier than its counterfactual; ``cascade``
+    is never positive (what a weak attempt that failed the cheap check cost on top).
     """
 
     cost_nanousd: int
@@ -75,12 +78,13 @@ class Charge:
     fallback_saved_nanousd: int = 0
     prefix_saved_nanousd: int = 0
     bulk_saved_nanousd: int = 0
+    cascade_saved_nanousd: int = 0
     shadow: tuple[ShadowCharge, ...] = field(default=())
 
     @property
     def saved_nanousd(self) -> int:
         return (self.cache_saved_nanousd + self.routing_saved_nanousd + self.fallback_saved_nanousd
-                + self.prefix_saved_nanousd + self.bulk_saved_nanousd)
+                + self.prefix_saved_nanousd + self.bulk_saved_nanousd + self.cascade_saved_nanousd)
 
 
 #: The charge of a request whose tier is missing from the price book.
@@ -179,13 +183,14 @@ class PriceBook(BaseModel):
         c2 = _to_nanos(_full(own, tier))
         c3 = _to_nanos(_actual(own, tier, bulk=False))
         c4 = _to_nanos(_actual(own, tier, bulk))
+        c5 = c4 + self._escalation(event, bulk)
         tier_change = c1 - c2
         return Charge(
-            cost_nanousd=c4, counterfactual_nanousd=c0, counterfactual_tier=cf_name,
+            cost_nanousd=c5, counterfactual_nanousd=c0, counterfactual_tier=cf_name,
             cache_saved_nanousd=c0 - c1,
             routing_saved_nanousd=0 if event.fallback_from else tier_change,
             fallback_saved_nanousd=tier_change if event.fallback_from else 0,
-            prefix_saved_nanousd=c2 - c3, bulk_saved_nanousd=c3 - c4,
+            prefix_saved_nanousd=c2 - c3, bulk_saved_nanousd=c3 - c4, cascade_saved_nanousd=c4 - c5,
             shadow=self._shadow(event, own, bulk),
         )
 
@@ -198,6 +203,15 @@ class PriceBook(BaseModel):
             if name is not None and name in self.tiers:
                 return name
         raise UnknownTier(event.tier, sorted(self.tiers))
+
+    def _escalation(self, event: UsageEvent, bulk: bool) -> int:
+        """A cascade's failed weak attempt: its tokens on the tier that made them (none cached: the
+        event does not say), charged on top. 0 when there was none, or its tier has no price."""
+        weak = self.tiers.get(event.escalated_from or "")
+        if weak is None:
+            return 0
+        attempt = _Tokens(event.escalation_prompt_tokens, 0, event.escalation_completion_tokens)
+        return _to_nanos(_actual(attempt, weak, bulk))
 
     def _shadow(self, event: UsageEvent, own: _Tokens, bulk: bool) -> tuple[ShadowCharge, ...]:
         # The live pick is the tier the policy chose, before any fallback moved the request.

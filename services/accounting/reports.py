@@ -42,24 +42,26 @@ async def _rows(conn: AsyncConnection, query: UsageQuery) -> list[UsageRow]:
     r = UsageRecord
     sums = (r.prompt_tokens, r.cached_prompt_tokens, r.completion_tokens, r.cost_nanousd, r.reference_nanousd,
             r.cache_saved_nanousd, r.routing_saved_nanousd, r.fallback_saved_nanousd, r.prefix_saved_nanousd,
-            r.bulk_saved_nanousd)
+            r.bulk_saved_nanousd, r.cascade_saved_nanousd)
     stmt = _filtered(
         select(r.tenant, r.tier, func.count(), _count(r.cache_outcome.in_(CACHE_HITS)),
                _count(r.route_policy.is_not(None)), _count(r.fallback_from.is_not(None)),
+               _count(r.escalated_from.is_not(None)),
                *(func.sum(column) for column in sums))
         .group_by(r.tenant, r.tier).order_by(r.tenant, r.tier),
         query)
     rows = []
     for tenant, tier, *figures in await conn.execute(stmt):
         # PostgreSQL sums BIGINT into NUMERIC: bring every sum back to int.
-        (n, hits, routed, fallbacks, prompt, cached, completion, cost, ref, cache, routing, fallback, prefix,
-         bulk) = (int(x) for x in figures)
+        (n, hits, routed, fallbacks, escalations, prompt, cached, completion, cost, ref, cache, routing, fallback,
+         prefix, bulk, cascade) = (int(x) for x in figures)
         rows.append(UsageRow(
             tenant=tenant, tier=tier, requests=n, prompt_tokens=prompt, cached_prompt_tokens=cached,
             completion_tokens=completion, cost_usd=nanos_to_usd(cost), reference_cost_usd=nanos_to_usd(ref),
             cache_hits=hits, cache_saved_usd=nanos_to_usd(cache), routed_requests=routed,
             routing_saved_usd=nanos_to_usd(routing), fallbacks=fallbacks, fallback_saved_usd=nanos_to_usd(fallback),
-            prefix_saved_usd=nanos_to_usd(prefix), bulk_saved_usd=nanos_to_usd(bulk)))
+            prefix_saved_usd=nanos_to_usd(prefix), bulk_saved_usd=nanos_to_usd(bulk), escalations=escalations,
+            cascade_saved_usd=nanos_to_usd(cascade)))
     return rows
 
 

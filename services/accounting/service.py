@@ -203,6 +203,8 @@ def observe_charge(usage: UsageEvent, charge: Charge) -> None:
     for lever, nanos in (("prefix", charge.prefix_saved_nanousd), ("bulk", charge.bulk_saved_nanousd)):
         if nanos:
             metrics.LEVER_SAVED.labels(tenant, tier, lever).inc(nanos / 1e9)
+    if charge.cascade_saved_nanousd:
+        metrics.CASCADE_COST.labels(tenant, usage.escalated_from or tier).inc(-charge.cascade_saved_nanousd / 1e9)
 
 
 def _stream_seq(msg: NatsMessage) -> int | None:

@@ -97,6 +97,9 @@ class UsageRecord(Base):
     fallback_saved_nanousd: Mapped[int] = mapped_column(BigInteger, server_default="0")
     prefix_saved_nanousd: Mapped[int] = mapped_column(BigInteger, server_default="0")
     bulk_saved_nanousd: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # Revision 0004: the cascade (a weak attempt that failed the cheap check, charged on top).
+    escalated_from: Mapped[str | None] = mapped_column(String, nullable=True)
+    cascade_saved_nanousd: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
 class RouteShadowRecord(Base):

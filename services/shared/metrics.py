@@ -254,3 +254,9 @@ CASCADE_ESCALATIONS = Counter(
     "repetitive), or unavailable (the strong tier took no task: the weak answer was sent).",
     ["tier", "outcome"],
 )
+CASCADE_COST = Counter(
+    "skinflint_cascade_cost_usd_total",
+    "What the cascade's failed weak attempts cost on top of the answers (accounting), per tenant and the "
+    "weak tier that made them.",
+    ["tenant", "tier"],
+)

@@ -10,7 +10,7 @@ from contracts.v1.events import ShadowPolicyRow
 
 COLUMNS = ("tenant", "tier", "requests", "prompt", "cached", "completion", "cost $", "counterfactual $", "saved")
 LEVER_COLUMNS = ("tenant", "tier", "cache hits", "cache $", "routed", "routing $", "fallbacks", "fallback $",
-                 "prefix $", "bulk $")
+                 "prefix $", "bulk $", "escalated", "cascade $")
 #: Shown only when some rows predate the split (ledger revision < 0003): their saving in no lever.
 UNSPLIT_COLUMN = "unsplit $"
 SHADOW_COLUMNS = ("policy", "requests", "agreed", "its picks", "live picks", "its cost $", "live cost $", "change")
@@ -47,11 +47,13 @@ def _totals(r: UsageRow) -> tuple[str, ...]:
 def _levers(r: UsageRow) -> tuple[str, ...]:
     return (r.tenant, r.tier, str(r.cache_hits), _usd(Decimal(r.cache_saved_usd)), str(r.routed_requests),
             _usd(Decimal(r.routing_saved_usd)), str(r.fallbacks), _usd(Decimal(r.fallback_saved_usd)),
-            _usd(Decimal(r.prefix_saved_usd)), _usd(Decimal(r.bulk_saved_usd)))
+            _usd(Decimal(r.prefix_saved_usd)), _usd(Decimal(r.bulk_saved_usd)), str(r.escalations),
+            _usd(Decimal(r.cascade_saved_usd)))
 
 
 def _unsplit(r: UsageRow) -> Decimal:
-    levers = (r.cache_saved_usd, r.routing_saved_usd, r.fallback_saved_usd, r.prefix_saved_usd, r.bulk_saved_usd)
+    levers = (r.cache_saved_usd, r.routing_saved_usd, r.fallback_saved_usd, r.prefix_saved_usd, r.bulk_saved_usd,
+              r.cascade_saved_usd)
     return Decimal(r.reference_cost_usd) - Decimal(r.cost_usd) - sum((Decimal(x) for x in levers), Decimal(0))
 
 

@@ -225,6 +225,17 @@ async def test_a_negative_routing_saving_and_a_fallback_are_stored(ledger: Ledge
                                       ("small", 0, "0.000000000", 1, "0.003440000")]
 
 
+async def test_a_cascades_escalation_is_stored_and_reported(ledger: Ledger) -> None:
+    event = routed("esc", tier="large").model_copy(update={
+        "escalated_from": "small", "escalation_prompt_tokens": 1000, "escalation_completion_tokens": 48})
+    await record(ledger, event)
+    row = await ledger.get("esc")
+    assert row is not None
+    assert (row.escalated_from, row.cascade_saved_nanousd, row.cost_nanousd) == ("small", -54_800, 3_554_800)
+    [large] = (await ledger.totals(UsageQuery())).rows
+    assert (large.escalations, large.cascade_saved_usd) == (1, "-0.000054800")
+
+
 async def test_a_redelivery_adds_no_shadow_pick(ledger: Ledger) -> None:
     event = routed("r1", shadow=("large", "small"))
     assert await record(ledger, event) is True
@@ -248,7 +259,8 @@ async def test_the_report_sums_the_levers_and_compares_shadow_policies(ledger: L
         3, 2, "0.000164000", "0.007060000")  # 60,000 + 44,000 + 60,000; 3,500,000 * 2 + 60,000
     assert (small.routing_saved_usd, small.prefix_saved_usd) == ("0.006880000", "0.000016000")
     for r in report.rows:  # the levers add up to the counterfactual less the cost
-        levers = (r.cache_saved_usd, r.routing_saved_usd, r.fallback_saved_usd, r.prefix_saved_usd, r.bulk_saved_usd)
+        levers = (r.cache_saved_usd, r.routing_saved_usd, r.fallback_saved_usd, r.prefix_saved_usd, r.bulk_saved_usd,
+                  r.cascade_saved_usd)
         assert Decimal(r.reference_cost_usd) - Decimal(r.cost_usd) == sum(map(Decimal, levers))
     [strict] = report.shadow
     assert (strict.policy, strict.requests, strict.agreed, strict.tiers, strict.live_tiers) == (
@@ -266,7 +278,7 @@ async def test_the_table_shows_levers_and_shadow_policies(ledger: Ledger) -> Non
     assert blocks[0].splitlines()[2].split() == ["acme", "large", "1", "1000", "0", "100", "0.003500", "0.003500",
                                                  "0.0%"]
     assert blocks[1].splitlines()[4].split() == ["acme", "small", "0", "0.000000", "1", "0.003440", "0", "0.000000",
-                                                 "0.000000", "0.000000"]
+                                                 "0.000000", "0.000000", "0", "0.000000"]
     assert blocks[2].splitlines()[3].split() == ["strict", "2", "50.0%", "large", "100%", "large", "50%", "small",
                                                  "50%", "0.007000", "0.003560", "+96.6%"]
 
@@ -286,7 +298,7 @@ async def test_report_prints_the_totals_table(tmp_path: Path) -> None:
     assert lines[0].split()[:3] == ["tenant", "tier", "requests"]
     assert lines[2].split() == ["acme", "small", "1", "100", "0", "10", "0.250000", "1.000000", "75.0%"]
     assert lines[7].split() == ["acme", "small", "0", "0.000000", "0", "0.750000", "0", "0.000000", "0.000000",
-                                "0.000000"]
+                                "0.000000", "0", "0.000000"]
     assert len(lines) == 8  # beta is filtered out; no shadow policy, no unsplit saving
 
 

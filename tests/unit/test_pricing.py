@@ -238,6 +238,17 @@ def test_each_lever_is_credited_after_the_ones_before_it() -> None:
         routing_saved_nanousd=3_440_000, prefix_saved_nanousd=16_000, bulk_saved_nanousd=22_000)
 
 
+def test_a_cascades_failed_attempt_is_charged_on_top_as_its_cost() -> None:
+    # Routed to small with the cascade on; small's answer (1000 in, 48 out) failed the check and
+    # large answered instead. Large is also the counterfactual: routing saved nothing, the cascade
+    # cost the weak attempt, 1000 * 0.05 + 48 * 0.10 = 54,800.
+    event = routed(tier="large", prompt=1000, completion=100).model_copy(update={
+        "escalated_from": "small", "escalation_prompt_tokens": 1000, "escalation_completion_tokens": 48})
+    charge = BOOK.price(event)
+    assert (charge.counterfactual_nanousd, charge.cost_nanousd) == (3_500_000, 3_554_800)
+    assert (charge.routing_saved_nanousd, charge.cascade_saved_nanousd, charge.saved_nanousd) == (0, -54_800, -54_800)
+
+
 def test_a_counterfactual_tier_without_a_price_claims_no_routing_saving() -> None:
     charge = BOOK.price(routed(counterfactual="retired", prompt=1000, completion=200))
     assert (charge.counterfactual_tier, charge.counterfactual_nanousd, charge.routing_saved_nanousd) == (
@@ -269,7 +280,15 @@ def _exact_cost(event: UsageEvent) -> int:
              + cached * Fraction(tier.cached_input_per_mtok) + event.completion_tokens * Fraction(tier.output_per_mtok))
     if event.priority is Priority.BULK:
         total *= Fraction(tier.batch_discount)
-    return round(total * 1000)  # round(): half to even, as the price book rounds
+    cost = round(total * 1000)  # round(): half to even, as the price book rounds
+    weak = BOOK.tiers.get(event.escalated_from or "")
+    if weak is not None:  # a cascade's failed attempt, charged on top
+        attempt = (event.escalation_prompt_tokens * Fraction(weak.input_per_mtok)
+                   + event.escalation_completion_tokens * Fraction(weak.output_per_mtok))
+        if event.priority is Priority.BULK:
+            attempt *= Fraction(weak.batch_discount)
+        cost += round(attempt * 1000)
+    return cost
 
 
 TIERS = st.sampled_from(["small", "large", "odd"])
@@ -288,6 +307,8 @@ def events(draw: st.DrawFn) -> UsageEvent:
         cache_source_prompt_tokens=draw(COUNTS), cache_source_completion_tokens=draw(COUNTS),
         counterfactual_tier=draw(st.none() | TIERS | st.just("retired")),
         route_policy=draw(st.none() | st.just("learned")), fallback_from=draw(st.none() | TIERS),
+        escalated_from=draw(st.none() | TIERS | st.just("retired")), escalation_prompt_tokens=draw(COUNTS),
+        escalation_completion_tokens=draw(COUNTS),
         route_shadow=[ShadowPick(policy=f"p{i}", tier=t) for i, t in enumerate(draw(st.lists(TIERS, max_size=3)))],
         occurred_at=0.0)
 
@@ -299,6 +320,7 @@ def test_the_levers_add_up_to_the_counterfactual_less_the_cost(event: UsageEvent
     assert charge.counterfactual_nanousd - charge.cost_nanousd == charge.saved_nanousd
     assert charge.cost_nanousd == _exact_cost(event)
     assert min(charge.cache_saved_nanousd, charge.prefix_saved_nanousd, charge.bulk_saved_nanousd) >= 0
+    assert charge.cascade_saved_nanousd <= 0
     if event.fallback_from is not None:
         assert charge.routing_saved_nanousd == 0
     else:
