@@ -65,6 +65,8 @@ TIER = "large"
 PUBLIC_MODEL = "bench-gateway"
 BENCH_KEY = "sk-skinflint-bench-gateway"
 MODES = ("json", "stream")
+#: The share of one core other processes may use while the bench measures (``--quiet-wait``).
+QUIET_SHARE = 0.10
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,6 +80,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=None, help="saturation runs per target and mode (2)")
     parser.add_argument("--chunks", type=int, default=mock_openai.CHUNKS,
                         help=f"pieces of a streamed answer ({mock_openai.CHUNKS})")
+    parser.add_argument("--quiet-wait", type=float, default=60.0, metavar="SECONDS",
+                        help="before each measurement, wait up to this long for the rest of the machine to use "
+                             f"under {QUIET_SHARE:.0%} of a core (other work on 2 cores skews every figure; "
+                             "0: never wait)")
     parser.add_argument("--service-env", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment variable for every process of skinflint (nats-server too), to "
                              "measure a setting: e.g. SF_OTEL_SAMPLE_RATIO=0 or GOMAXPROCS=1; repeatable")
@@ -208,6 +214,26 @@ class GatewayBench:
         self.saturation: list[dict[str, Any]] = []
         #: Per mode: each process's share of a core over the one-client runs, the machine's rest too.
         self.one_client_cpu: dict[str, dict[str, float]] = {}
+        #: (seconds waited for a quiet machine, the rest of the machine's share of a core then)
+        self.waits: list[tuple[float, float]] = []
+
+    def wait_quiet(self) -> None:
+        """Wait (up to ``--quiet-wait`` s) until the rest of the machine used under QUIET_SHARE of a
+        core for a second; the time waited and the last share seen are kept in ``self.waits``."""
+        started, share = time.monotonic(), 0.0
+        while True:
+            meter = CpuMeter(self.running.pids())
+            time.sleep(1.0)
+            share = meter.read(0.0)["others"]
+            waited = time.monotonic() - started
+            if share < QUIET_SHARE or waited >= self.args.quiet_wait:
+                break
+            if waited < 1.5:
+                common.log(f"the rest of the machine uses {share:.0%} of a core: waiting up to "
+                           f"{self.args.quiet_wait:g} s for it to quieten")
+        self.waits.append((waited, share))
+        if share >= QUIET_SHARE:
+            common.log(f"WARNING: measuring with the rest of the machine at {share:.0%} of a core")
 
     def load(self, target: Target, connections: int, **limit: Any) -> LoadResult:
         self.running.stack.check_alive()
@@ -229,16 +255,21 @@ class GatewayBench:
         args = self.args
         for mode in MODES:
             pair = targets(self.running, mode == "stream", args.chunks)
-            meter, started, loadgen = CpuMeter(self.running.pids()), time.perf_counter(), 0.0
+            cpu: dict[str, float] = {}
+            wall = 0.0
             for k in range(args.slices):
+                if args.quiet_wait > 0:
+                    self.wait_quiet()
                 for target in pair if k % 2 == 0 else pair[::-1]:
+                    meter, started = CpuMeter(self.running.pids()), time.perf_counter()
                     result = self.load(target, 1, requests=args.per_slice)
-                    loadgen += result.cpu_s
+                    wall += time.perf_counter() - started
+                    for name, seconds in meter.read(result.cpu_s).items():
+                        cpu[name] = cpu.get(name, 0.0) + seconds
                     self.latency[mode][target.name].append(result.as_dict())
                     common.log(f"one client, {mode:6} slice {k + 1}/{args.slices} {target.name:9}: "
                                f"{gateway_report.brief(result)}")
-            wall = time.perf_counter() - started
-            self.one_client_cpu[mode] = {name: s / wall for name, s in meter.read(loadgen).items()}
+            self.one_client_cpu[mode] = {name: s / wall for name, s in cpu.items()}
 
     def saturate(self) -> None:
         args = self.args
@@ -249,6 +280,8 @@ class GatewayBench:
                     self.saturation.append(self.measure(target, mode, r))
 
     def measure(self, target: Target, mode: str, round_no: int) -> dict[str, Any]:
+        if self.args.quiet_wait > 0:
+            self.wait_quiet()
         calls = mock_calls(self.running)
         meter = CpuMeter(self.running.pids())
         result = self.load(target, self.args.connections, duration_s=self.args.duration)
@@ -275,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             running.stop()
         meta.update(finished=time.time(), complete=complete, loadavg_end=os.getloadavg())
         common.save_json(out / "results.json", {"meta": meta, **({} if bench is None else {
-            "latency": bench.latency, "one_client_cpu": bench.one_client_cpu, "saturation": bench.saturation})})
+            "latency": bench.latency, "one_client_cpu": bench.one_client_cpu, "saturation": bench.saturation,
+            "quiet_waits": bench.waits})})
 
     with common.attempt(clean_up) as outcome, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         common.log(f"starting the mock ({args.chunks} chunks a stream), nats-server, ingress (pipeline "
@@ -292,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(text)
     print(load_line(meta))
+    if bench.waits:
+        busy = [share for _, share in bench.waits if share >= QUIET_SHARE]
+        print(f"waited {sum(w for w, _ in bench.waits):.0f} s in all for a quiet machine; "
+              f"{len(busy)} of {len(bench.waits)} measurements started with the rest of the machine busier than "
+              f"{QUIET_SHARE:.0%} of a core" + (f" (up to {max(busy):.0%})" if busy else ""))
     for name, ok, value in checks:
         print(f"target: {name}: {'ok' if ok else 'MISS'} ({value})")
     missed = [name for name, ok, _ in checks if not ok]
