@@ -128,17 +128,18 @@ def failure_reply(env: TaskEnvelope, where: str) -> ErrorReply:
                               f"{env.request_id}")
 
 
-#: The cascade (``services.worker.cascade.Escalator`` bound to this worker's tier): hands a weak
-#: attempt whose answer fails the check to the strong tier; returns why (None: send the answer).
-Escalate = Callable[[TaskEnvelope, Final], Awaitable[str | None]]
+#: Hands a task on to another tier instead of sending its last reply, returning why (None: send
+#: it): the cascade (a weak answer that fails the check goes to the strong tier) and the tier's
+#: fallback (its provider is down). Called only while nothing of the answer has left the worker.
+HandOn = Callable[[TaskEnvelope, Final | ErrorReply], Awaitable[str | None]]
 
 
 async def answer(env: TaskEnvelope, backend: Backend[Any], sink: ReplySink, who: WorkerIdentity,
                  queue_seconds: float = 0.0, gate: VerdictGate | None = None,
-                 escalate: Escalate | None = None) -> Final | ErrorReply | None:
+                 hand_on: HandOn | None = None) -> Final | ErrorReply | None:
     """Generate the answer to ``env`` with ``backend`` and report it. Returns what was sent as the
-    last reply (None: the cache served the client, see ``VerdictGate``, or the cascade escalated
-    the task to the strong tier, which answers it and charges this attempt's tokens with its own;
+    last reply (None: the cache served the client, see ``VerdictGate``, or ``hand_on`` passed the
+    task to another tier, which answers it and charges this attempt's tokens with its own;
     nothing was sent or charged here).
 
     Contract: whatever happens (a bad request, a template that fails to render, an engine or
@@ -152,6 +153,7 @@ async def answer(env: TaskEnvelope, backend: Backend[Any], sink: ReplySink, who:
     prompt_tokens = 0
     last: EngineStep | None = None
     in_engine = False
+    streamed = False  # part of the answer has reached the client
     reply: Final | ErrorReply
     try:
         job = backend.prepare(env, who)
@@ -168,6 +170,7 @@ async def answer(env: TaskEnvelope, backend: Backend[Any], sink: ReplySink, who:
                         if gate is not None:
                             env = await gate.settle(env, sink)
                         await sink.reply(env, Chunk(request_id=env.request_id, seq=len(parts), delta=step.delta))
+                        streamed = True
                     parts.append(step.delta)
         timings.engine_finished_at = time.time()
         if gate is not None:
@@ -204,11 +207,10 @@ async def answer(env: TaskEnvelope, backend: Backend[Any], sink: ReplySink, who:
             env = await gate.settle(env, sink)
         except Superseded:
             return None
-    if isinstance(reply, Final) and escalate is not None:
-        why = await escalate(env, reply)
+    if hand_on is not None and not streamed:
+        why = await hand_on(env, reply)
         if why is not None:
-            log.info("request %s: the %s tier's answer failed the cascade's check (%s); the strong tier answers",
-                     env.request_id, who.tier, why)
+            log.info("request %s: handed on from tier %s (%s)", env.request_id, who.tier, why)
             return None
     # Usage first, then the reply, on the same connection: see the contract above.
     await asyncio.shield(_report(sink, env, who, status, last, prompt_tokens if in_engine else 0,

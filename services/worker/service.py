@@ -53,9 +53,9 @@ from services.shared.broker import ensure_streams, is_connected, make_broker
 from services.shared.deployment import check_priced, load_pricebook
 from services.shared.errors import SkinflintError
 from services.shared.settings import env_name
-from services.shared.slip import StageHop, mark_arrival
+from services.shared.slip import StageHop, mark_arrival, with_tier
 from services.shared.telemetry import setup_tracing
-from services.shared.tiers import load_tiers
+from services.shared.tiers import RoutingConfig, load_tiers
 from services.shared.usage import UsagePublisher
 from services.shared.validation import summary
 from services.worker.backend import Backend, EngineBackend, WorkerIdentity
@@ -65,6 +65,7 @@ from services.worker.engine import Engine
 from services.worker.generation import VerdictGate, answer
 from services.worker.settings import WorkerSettings
 from services.worker.tier import resolve_tier
+from services.worker.upstream import UNAVAILABLE
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -133,7 +134,11 @@ class WorkerService:
         self.identity = WorkerIdentity(settings.instance_id, settings.tier, settings.model_name,
                                        settings.default_max_tokens)
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._escalator = self._cascade(settings)
+        tiers = load_tiers(settings.tiers_file)
+        #: Where a task goes when this tier cannot answer it (the cascade, the tier's fallback).
+        self._hop = StageHop(self.broker, fallbacks=tiers.fallbacks())
+        self._fallback = tiers.fallbacks().get(settings.tier)
+        self._escalator = self._cascade(tiers.routing)
         self._draining = False
         self._freed = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
@@ -229,7 +234,7 @@ class WorkerService:
                 gate = None if verdict is None else VerdictGate(
                     verdict, self.settings.cache_verdict_timeout_s, self.identity.worker_id)
                 await answer(env, self.backend, self.sink, self.identity,
-                             queue_seconds=time.monotonic() - queued_at, gate=gate, escalate=self._escalate)
+                             queue_seconds=time.monotonic() - queued_at, gate=gate, hand_on=self._hand_on)
             ok = True
         except asyncio.CancelledError:
             pass
@@ -353,31 +358,40 @@ class WorkerService:
         return ready, details
 
     # --- the cascade ----------------------------------------------------------------------
-    def _cascade(self, settings: WorkerSettings) -> Escalator | None:
+    def _cascade(self, routing: RoutingConfig | None) -> Escalator | None:
         """The cascade's escalator, on a worker of the routing's weak tier when the cascade is on."""
-        routing = load_tiers(settings.tiers_file).routing
-        if routing is None or not routing.cascade.enabled or routing.weak != settings.tier:
+        if routing is None or not routing.cascade.enabled or routing.weak != self.settings.tier:
             return None
-        self._hop = StageHop(self.broker, fallbacks=load_tiers(settings.tiers_file).fallbacks())
         return Escalator(routing.cascade, routing.strong, self._hand_over)
 
     async def _hand_over(self, env: TaskEnvelope) -> bool:
         try:
             await self._hop.deliver(env)
         except SkinflintError as exc:
-            log.warning("request %s: the cascade could not hand it to tier %r (%s); sending the weak answer",
+            log.warning("request %s: tier %r did not take it (%s); answering here after all",
                         env.request_id, env.route.tier, exc.message)
-            metrics.CASCADE_ESCALATIONS.labels(self.settings.tier, "unavailable").inc()
+            if env.route.escalated_from is not None:
+                metrics.CASCADE_ESCALATIONS.labels(self.settings.tier, "unavailable").inc()
             return False
         return True
 
-    async def _escalate(self, env: TaskEnvelope, final: Final) -> str | None:
-        if self._escalator is None:
+    async def _hand_on(self, env: TaskEnvelope, reply: Final | ErrorReply) -> str | None:
+        """A weak answer that fails the cascade's check goes to the strong tier; a task this tier's
+        provider failed (after its retries) goes to the tier's fallback."""
+        if isinstance(reply, Final):
+            if self._escalator is None:
+                return None
+            why = await self._escalator(env, reply, self.settings.tier)
+            if why is not None:
+                metrics.CASCADE_ESCALATIONS.labels(self.settings.tier, why).inc()
+                return f"cascade: {why}"
             return None
-        why = await self._escalator(env, final, self.settings.tier)
-        if why is not None:
-            metrics.CASCADE_ESCALATIONS.labels(self.settings.tier, why).inc()
-        return why
+        if self._fallback is None or reply.code != UNAVAILABLE or env.priority is not Priority.INTERACTIVE:
+            return None
+        if not await self._hand_over(with_tier(env, self._fallback)):
+            return None
+        metrics.TIER_FALLBACKS.labels(self.settings.tier, self._fallback).inc()
+        return f"fallback to {self._fallback!r}: {reply.message}"
 
     # --- Service --------------------------------------------------------------------------
     def _make_backend(self) -> Backend[Any]:
