@@ -14,6 +14,8 @@ import yaml
 from contracts.subjects import KNOWN_STAGES
 from services.cache.service import CacheService
 from services.cache.settings import CacheSettings
+from services.classifier.service import ClassifierService
+from services.classifier.settings import ClassifierSettings
 from services.ingress.service import IngressService
 from services.ingress.settings import IngressSettings
 from services.stack import Stack
@@ -82,6 +84,19 @@ async def running_cache(nats_url: str, qdrant_path: Path | None = None, *, purge
         await service.close()
 
 
+@asynccontextmanager
+async def running_classifier(nats_url: str, tiers: Path) -> AsyncIterator[ClassifierService]:
+    """The classifier stage with the tiers file ``tiers`` (its routing and policy)."""
+    service = ClassifierService(ClassifierSettings(nats_url=nats_url, tiers_file=str(tiers), health_port=0,
+                                                   drain_timeout_s=10))
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.drain()
+        await service.close()
+
+
 @pytest.fixture
 def stack_factory(tmp_path: Path) -> Iterator[Callable[[], Stack]]:
     """Processes started the way a user starts them (python -m ...), stopped at the end."""
@@ -112,4 +127,5 @@ def tenants_file(tmp_path: Path) -> Path:
     return path
 
 
-__all__ = ["AUTH", "FakeEngine", "NatsServer", "chat", "running_cache", "running_ingress", "running_worker"]
+__all__ = ["AUTH", "FakeEngine", "NatsServer", "chat", "running_cache", "running_classifier", "running_ingress",
+           "running_worker"]

@@ -16,10 +16,8 @@ import yaml
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from oteltap import OtelTapHttpProtobufReceiver, OtelTapHttpProtobufReceiverSettings
 
-from services.classifier.service import ClassifierService
-from services.classifier.settings import ClassifierSettings
 from services.stack import Stack, free_port
-from tests.integration.conftest import AUTH, NatsServer, running_ingress, running_worker
+from tests.integration.conftest import AUTH, NatsServer, running_classifier, running_ingress, running_worker
 from tests.support.usage_stream import usage_events, usage_stream
 
 pytestmark = pytest.mark.integration
@@ -59,18 +57,6 @@ def tenants(tmp_path: Path) -> Path:
     path = tmp_path / "tenants.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-@asynccontextmanager
-async def running_classifier(nats_url: str, tiers: Path) -> AsyncIterator[ClassifierService]:
-    service = ClassifierService(ClassifierSettings(nats_url=nats_url, tiers_file=str(tiers), health_port=0,
-                                                   drain_timeout_s=10))
-    await service.start()
-    try:
-        yield service
-    finally:
-        await service.drain()
-        await service.close()
 
 
 @asynccontextmanager
