@@ -143,6 +143,8 @@ bench: install $(BENCH_DATA)
 	$(PY) bench/cache_quality.py
 	$(PY) bench/cache_latency.py
 	$(PY) bench/replay_sharegpt.py
+	$(PY) bench/router_eval.py
+	$(PY) bench/gateway.py
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
