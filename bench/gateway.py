@@ -71,7 +71,7 @@ QUIET_SHARE = 0.10
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog="A full run takes about 4 minutes; --quick under one.")
+                                     epilog="A full run takes about 2-3 minutes on a quiet machine; --quick under one.")
     parser.add_argument("--quick", action="store_true", help="few requests, short runs: a smoke run")
     parser.add_argument("--slices", type=int, default=None, help="one-client slices per target and mode (8)")
     parser.add_argument("--per-slice", type=int, default=None, help="requests per one-client slice (500)")
