@@ -84,9 +84,11 @@ async def test_auto_sends_an_easy_question_to_the_small_tier_and_a_hard_one_to_t
     nats_server: NatsServer, tiers: Path, tenants: Path
 ) -> None:
     async with routed_stack(nats_server.url, tiers, tenants) as client:
+        models = {m["id"]: m["tier"] for m in (await client.get("/v1/models")).json()["data"]}
         easy = await client.post("/v1/chat/completions", json=ask(EASY))
         hard = await client.post("/v1/chat/completions", json=ask(HARD))
         streamed = await client.post("/v1/chat/completions", json=ask(HARD, stream=True))
+    assert models == {"auto": "auto", "smollm2-135m": "small", "big-model": "large"}
     assert easy.status_code == hard.status_code == streamed.status_code == 200, (easy.text, hard.text)
     assert (easy.headers["x-skinflint-tier"], easy.json()["model"]) == ("small", "smollm2-135m")
     assert (hard.headers["x-skinflint-tier"], hard.json()["model"]) == ("large", "big-model")
