@@ -141,6 +141,22 @@ async def test_rules_a_minimum_tier_and_a_tenant_that_routes_everything(
     assert (event["tier"], event["counterfactual_tier"], event["route_policy"]) == ("small", "large", "learned")
 
 
+async def test_a_shadow_candidate_is_recorded_and_never_acted_on(
+    nats_server: NatsServer, tenants: Path, tmp_path: Path
+) -> None:
+    config = tiers_config()
+    # A candidate that would send everything strong, on every routed request.
+    config["routing"]["shadow"] = [{"name": "all-strong", "kind": "length", "threshold": 0.0, "share": 1.0}]
+    tiers = tmp_path / "tiers-shadow.yaml"
+    tiers.write_text(yaml.safe_dump(config))
+    async with routed_stack(nats_server.url, tiers, tenants) as client:
+        r = await client.post("/v1/chat/completions", json=ask(EASY))
+    assert r.status_code == 200 and r.headers["x-skinflint-tier"] == "small"
+    event = (await usage_events(nats_server.url))[r.headers["x-request-id"]]
+    assert event["tier"] == "small"
+    assert [(p["policy"], p["tier"], p["threshold"]) for p in event["route_shadow"]] == [("all-strong", "large", 0.0)]
+
+
 async def test_a_tier_with_no_worker_falls_back_and_the_usage_says_so(
     nats_server: NatsServer, tiers: Path, tenants: Path
 ) -> None:
