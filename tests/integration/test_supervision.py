@@ -143,12 +143,13 @@ def test_nothing_outlives_a_killed_launcher(tmp_path: Path) -> None:
 
 
 def test_make_run_stops_with_the_message_of_a_service_whose_configuration_is_wrong(tmp_path: Path) -> None:
-    env = {**os.environ, "SF_PORT": str(free_port()), "SF_NATS_PORT": str(free_port()),
+    # No vllm serve for the large tier (SF_LOCAL_UPSTREAM empty): every worker stops on the mistake.
+    env = {**os.environ, "SF_PORT": str(free_port()), "SF_NATS_PORT": str(free_port()), "SF_LOCAL_UPSTREAM": "",
            "SF_VAR_DIR": str(tmp_path / "var"), "SF_MAX_NUM_SEQS": "0"}
     done = subprocess.run([sys.executable, "scripts/run_local.py"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
-    assert re.search(r"==> worker exited with code 78, its configuration is wrong: \S+ ERROR \[worker\] "
+    assert re.search(r"==> worker(-large)? exited with code 78, its configuration is wrong: \S+ ERROR \[worker\] "
                      r"configuration error: .*SF_MAX_NUM_SEQS: Input should be greater than or equal to 1",
                      done.stderr), done.stderr[-2000:]
     assert (tmp_path / "var" / "log" / "worker.log").exists()
