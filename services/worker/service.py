@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig
@@ -24,7 +23,6 @@ from pydantic import ValidationError
 from contracts.subjects import (
     BULK_RESULTS_STREAM,
     BULK_STREAM,
-    CACHE_FILL_SUBJECT,
     CANCEL_SUBJECT,
     HEARTBEAT_SUBJECT,
     INFER_STAGE,
@@ -37,75 +35,31 @@ from contracts.subjects import (
 )
 from contracts.v1 import (
     Accepted,
-    AnswerAnnounced,
     CacheVerdict,
     CancelRequest,
-    Chunk,
-    ErrorReply,
-    Final,
     HopAck,
     TaskEnvelope,
-    UsageEvent,
     WorkerHeartbeat,
 )
 from services.shared import lane, metrics
 from services.shared.broker import ensure_streams, is_connected, make_broker
 from services.shared.deployment import check_priced, load_pricebook
-from services.shared.errors import SkinflintError
 from services.shared.settings import env_name
-from services.shared.slip import StageHop, mark_arrival, with_tier
+from services.shared.slip import mark_arrival
 from services.shared.telemetry import setup_tracing
-from services.shared.tiers import RoutingConfig, load_tiers
-from services.shared.usage import UsagePublisher
+from services.shared.tiers import load_tiers
 from services.shared.validation import summary
 from services.worker.backend import Backend, EngineBackend, WorkerIdentity
 from services.worker.capacity import Capacity
-from services.worker.cascade import Escalator
+from services.worker.cascade import HandOn
 from services.worker.engine import Engine
 from services.worker.generation import VerdictGate, answer
 from services.worker.settings import WorkerSettings
+from services.worker.sink import BusSink
 from services.worker.tier import resolve_tier
-from services.worker.upstream import UNAVAILABLE
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
-
-
-class BusSink:
-    """Replies and usage events onto the bus. Bulk results and usage go to JetStream with a
-    message id, so a redelivered task that is answered twice is stored and charged once.
-
-    Interactive replies take the request path's lane; usage events go out through the
-    ``UsagePublisher``, ahead of the reply they charge (a bulk task still waits until its event
-    is stored: it is acknowledged only after that)."""
-
-    def __init__(self, broker: NatsBroker, usage_ack_timeout_s: float) -> None:
-        self._broker = broker
-        self.usage_publisher = UsagePublisher(broker, usage_ack_timeout_s)
-
-    async def reply(self, env: TaskEnvelope, message: Accepted | Chunk | Final | ErrorReply) -> None:
-        if env.priority is Priority.BULK:
-            if isinstance(message, Chunk | Accepted):
-                return  # bulk results are stored whole
-            await self._broker.publish(
-                message, env.reply_subject, stream=BULK_RESULTS_STREAM.name,
-                headers={"Nats-Msg-Id": f"result-{env.request_id}"},
-            )
-        else:
-            await lane.publish(self._broker.connection, env.reply_subject, message)
-
-    async def usage(self, event: UsageEvent) -> None:
-        metrics.observe_usage(event, INFER_STAGE)
-        await self.usage_publisher.publish(event, wait_stored=event.priority is Priority.BULK)
-
-    async def announce(self, env: TaskEnvelope, final: Final) -> None:
-        """Core NATS, fire and forget: a lost announcement costs a future hit, nothing else."""
-        message = AnswerAnnounced(request_id=env.request_id, tenant=env.tenant, request=env.request,
-                                  control=env.cache_control, embedding=env.query_embedding, final=final)
-        try:
-            await self._broker.connection.publish(CACHE_FILL_SUBJECT, message.model_dump_json().encode())
-        except Exception:
-            log.warning("could not announce the answer to %s to the cache", env.request_id, exc_info=True)
 
 
 class WorkerService:
@@ -134,11 +88,8 @@ class WorkerService:
         self.identity = WorkerIdentity(settings.instance_id, settings.tier, settings.model_name,
                                        settings.default_max_tokens)
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        tiers = load_tiers(settings.tiers_file)
         #: Where a task goes when this tier cannot answer it (the cascade, the tier's fallback).
-        self._hop = StageHop(self.broker, fallbacks=tiers.fallbacks())
-        self._fallback = tiers.fallbacks().get(settings.tier)
-        self._escalator = self._cascade(tiers.routing)
+        self.hand_on = HandOn.for_tier(settings.tier, load_tiers(settings.tiers_file), self.broker)
         self._draining = False
         self._freed = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
@@ -234,7 +185,7 @@ class WorkerService:
                 gate = None if verdict is None else VerdictGate(
                     verdict, self.settings.cache_verdict_timeout_s, self.identity.worker_id)
                 await answer(env, self.backend, self.sink, self.identity,
-                             queue_seconds=time.monotonic() - queued_at, gate=gate, hand_on=self._hand_on)
+                             queue_seconds=time.monotonic() - queued_at, gate=gate, hand_on=self.hand_on)
             ok = True
         except asyncio.CancelledError:
             pass
@@ -356,42 +307,6 @@ class WorkerService:
         if down is not None:
             details["provider"] = down  # still ready: the worker refuses the tier's tasks at once
         return ready, details
-
-    # --- the cascade ----------------------------------------------------------------------
-    def _cascade(self, routing: RoutingConfig | None) -> Escalator | None:
-        """The cascade's escalator, on a worker of the routing's weak tier when the cascade is on."""
-        if routing is None or not routing.cascade.enabled or routing.weak != self.settings.tier:
-            return None
-        return Escalator(routing.cascade, routing.strong, self._hand_over)
-
-    async def _hand_over(self, env: TaskEnvelope) -> bool:
-        try:
-            await self._hop.deliver(env)
-        except SkinflintError as exc:
-            log.warning("request %s: tier %r did not take it (%s); answering here after all",
-                        env.request_id, env.route.tier, exc.message)
-            if env.route.escalated_from is not None:
-                metrics.CASCADE_ESCALATIONS.labels(self.settings.tier, "unavailable").inc()
-            return False
-        return True
-
-    async def _hand_on(self, env: TaskEnvelope, reply: Final | ErrorReply) -> str | None:
-        """A weak answer that fails the cascade's check goes to the strong tier; a task this tier's
-        provider failed (after its retries) goes to the tier's fallback."""
-        if isinstance(reply, Final):
-            if self._escalator is None:
-                return None
-            why = await self._escalator(env, reply, self.settings.tier)
-            if why is not None:
-                metrics.CASCADE_ESCALATIONS.labels(self.settings.tier, why).inc()
-                return f"cascade: {why}"
-            return None
-        if self._fallback is None or reply.code != UNAVAILABLE or env.priority is not Priority.INTERACTIVE:
-            return None
-        if not await self._hand_over(with_tier(env, self._fallback)):
-            return None
-        metrics.TIER_FALLBACKS.labels(self.settings.tier, self._fallback).inc()
-        return f"fallback to {self._fallback!r}: {reply.message}"
 
     # --- Service --------------------------------------------------------------------------
     def _make_backend(self) -> Backend[Any]:
