@@ -132,3 +132,45 @@ def bulk_durable(tier: str) -> str:
 #: Every stage a request's itinerary may name, in the order a pipeline visits them. Stages arrive
 #: with their services (cache, classifier, retrieval); inference always ends the itinerary.
 KNOWN_STAGES: tuple[str, ...] = (CACHE_STAGE, CLASSIFIER_STAGE, INFER_STAGE)
+
+
+#: Public bulk input: a tenant publishes ``contracts.v1.BulkLine`` messages here, one per request.
+PUBLIC_BULK_PREFIX = f"{VERSION_PREFIX}.bulk.in"
+
+
+def public_bulk_subject(tenant: str, job_id: str) -> str:
+    """Where ``tenant`` publishes the lines of its bulk job ``job_id``.
+
+    The tenant token is trusted only because NATS lets each tenant's user publish on
+    ``public_bulk_wildcard(its tenant)`` and nothing else (subject permissions, ``infra/nats/``):
+    skinflint reads the tenant from the subject a message arrived on, never from the message.
+    Both tokens must be valid subject tokens (no ``.``, ``*``, ``>`` or whitespace).
+    """
+    return f"{PUBLIC_BULK_PREFIX}.{tenant}.{job_id}"
+
+
+def public_bulk_wildcard(tenant: str) -> str:
+    """The publish permission a tenant's NATS user is given: its own bulk jobs, no one else's."""
+    return f"{PUBLIC_BULK_PREFIX}.{tenant}.>"
+
+
+#: Every tenant's bulk input: what the batch service (alone) subscribes to.
+PUBLIC_BULK_ALL = f"{PUBLIC_BULK_PREFIX}.>"
+#: Public bulk output: ``contracts.v1.BulkOutputLine`` messages, one per finished request.
+PUBLIC_BULK_OUTPUT_PREFIX = f"{VERSION_PREFIX}.bulk.out"
+
+
+def public_bulk_output_subject(tenant: str, job_id: str) -> str:
+    """Where the result lines of ``tenant``'s job ``job_id`` are published; NATS lets that tenant's
+    user subscribe to ``public_bulk_output_wildcard(its tenant)`` only."""
+    return f"{PUBLIC_BULK_OUTPUT_PREFIX}.{tenant}.{job_id}"
+
+
+def public_bulk_output_wildcard(tenant: str) -> str:
+    """The subscribe permission a tenant's NATS user is given for its own results."""
+    return f"{PUBLIC_BULK_OUTPUT_PREFIX}.{tenant}.>"
+
+
+def is_subject_token(token: str) -> bool:
+    """Whether ``token`` can stand as one token of a subject (a tenant or job id)."""
+    return bool(token) and not any(c in token for c in ".*> \t\r\n")

@@ -1,5 +1,6 @@
 """Version 1 of the wire contracts. Within v1 fields may only be added, optional, with defaults."""
 
+from contracts.v1.batch import BulkError, BulkLine, BulkOutputLine, BulkResponse
 from contracts.v1.cache import CacheControl, CacheMode, CacheNote, CacheOutcome
 from contracts.v1.chat import ChatMessage, ChatRequest, JsonSchemaFormat, ResponseFormat, StreamOptions, WireModel
 from contracts.v1.envelope import Route, RouteDecision, ShadowPick, StageMark, TaskEnvelope
@@ -22,6 +23,10 @@ __all__ = [
     "REPLY_ADAPTER",
     "Accepted",
     "AnswerAnnounced",
+    "BulkError",
+    "BulkLine",
+    "BulkOutputLine",
+    "BulkResponse",
     "CacheControl",
     "CacheMode",
     "CacheNote",

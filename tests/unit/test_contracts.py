@@ -13,6 +13,8 @@ from contracts.v1 import (
     REPLY_ADAPTER,
     Accepted,
     AnswerAnnounced,
+    BulkLine,
+    BulkOutputLine,
     CachePurge,
     CachePurged,
     CacheVerdict,
@@ -37,6 +39,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "worker_heartbeat": WorkerHeartbeat, "cancel_request": CancelRequest, "hop_ack": HopAck,
     "usage_query": UsageQuery, "usage_report": UsageReport, "answer_announced": AnswerAnnounced,
     "cache_purge": CachePurge, "cache_purged": CachePurged, "cache_verdict": CacheVerdict,
+    "bulk_line": BulkLine, "bulk_output_line": BulkOutputLine,
 }
 
 
