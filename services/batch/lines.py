@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from contracts.v1 import ChatRequest
+from contracts.v1 import BulkLine, ChatRequest
 from services.ingress.gateway import parse_chat_request
 from services.shared.errors import BadRequest, PayloadTooLarge
 
@@ -163,11 +163,17 @@ def parse_file(chunks: Iterable[bytes], limits: InputLimits, *, endpoint: str = 
 
 
 class LineChecker:
-    """Checks lines one by one, remembering what a file-wide rule needs: the custom_ids seen (each
-    must be unique) and the batch's model (every line must name the same)."""
+    """Checks lines one by one, remembering what a job-wide rule needs: the custom_ids seen (each
+    must be unique) and the job's model (every line must name the same).
 
-    def __init__(self, limits: InputLimits, *, endpoint: str = CHAT_ENDPOINT, model: str | None = None) -> None:
+    The same checks serve both entry points: ``check`` takes a line of an input file,
+    ``check_message`` a ``BulkLine`` from the bus (``unit="message"``: errors then say "message N",
+    N being its 1-based position in the job)."""
+
+    def __init__(self, limits: InputLimits, *, endpoint: str = CHAT_ENDPOINT, model: str | None = None,
+                 unit: str = "line") -> None:
         self.limits = limits
+        self.unit = unit
         self.endpoint = endpoint
         #: The batch's model: given, or the first valid line's.
         self.model = model
@@ -178,57 +184,67 @@ class LineChecker:
             data = json.loads(raw)
         except json.JSONDecodeError as exc:
             return LineError(index, line, None, "invalid_json_line",
-                             f"line {line}: this line is not valid JSON ({exc.msg} at column {exc.colno}); "
+                             f"{self.unit} {line}: this line is not valid JSON ({exc.msg} at column {exc.colno}); "
                              "put one JSON object on each line")
         except UnicodeDecodeError:
             return LineError(index, line, None, "invalid_json_line",
-                             f"line {line}: this line is not UTF-8 text; save the file as UTF-8")
+                             f"{self.unit} {line}: this line is not UTF-8 text; save the file as UTF-8")
         if not isinstance(data, dict):
             return LineError(index, line, None, "invalid_json_line",
-                             f"line {line}: this line is JSON but not an object; put one JSON object on each line")
+                             f"{self.unit} {line}: this line is JSON but not an object; "
+                             "put one JSON object on each line")
         custom_id = self._custom_id(index, line, data)
         if isinstance(custom_id, LineError):
             return custom_id
         problem = self._envelope(index, line, custom_id, data)
         return problem if problem is not None else self._body(index, line, custom_id, data["body"])
 
+    def check_message(self, index: int, message: BulkLine) -> LineResult:
+        """A bulk message (already a ``BulkLine``: it has a custom_id and an object body) as item
+        ``index`` of its job: the custom_id and body checks of a file's line."""
+        custom_id = self._custom_id(index, index + 1, {"custom_id": message.custom_id})
+        if isinstance(custom_id, LineError):
+            return custom_id
+        return self._body(index, index + 1, custom_id, message.body)
+
     def _custom_id(self, index: int, line: int, data: dict[str, Any]) -> str | LineError:
         value = data.get("custom_id")
         if value is None:
-            return _missing(index, line, None, "custom_id")
+            return _missing(self.unit, index, line, None, "custom_id")
         if not isinstance(value, str) or not value or len(value) > self.limits.max_custom_id_chars:
             return LineError(index, line, None, "invalid_request",
-                             f"line {line}: custom_id must be a non-empty string of at most "
+                             f"{self.unit} {line}: custom_id must be a non-empty string of at most "
                              f"{self.limits.max_custom_id_chars} characters", "custom_id")
         if value in self._seen:
             return LineError(index, line, value, "duplicate_custom_id",
-                             f"line {line}: the custom_id {value!r} is already used by an earlier line; "
-                             "give every line its own", "custom_id")
+                             f"{self.unit} {line}: the custom_id {value!r} is already used by an earlier request; "
+                             "give every request its own", "custom_id")
         self._seen.add(value)
         return value
 
     def _envelope(self, index: int, line: int, custom_id: str, data: dict[str, Any]) -> LineError | None:
         for name in ("method", "url", "body"):
             if data.get(name) is None:
-                return _missing(index, line, custom_id, name)
+                return _missing(self.unit, index, line, custom_id, name)
         if data["method"] != "POST":
             return LineError(index, line, custom_id, "invalid_request",
-                             f"line {line}: method must be \"POST\", not {data['method']!r}", "method")
+                             f"{self.unit} {line}: method must be \"POST\", not {data['method']!r}", "method")
         url = data["url"]
         if url != self.endpoint:
             code = "url_mismatch" if url in OPENAI_BATCH_ENDPOINTS else "invalid_url"
             return LineError(index, line, custom_id, code,
-                             f"line {line}: url must be this batch's endpoint {self.endpoint!r}, not {url!r}", "url")
+                             f"{self.unit} {line}: url must be this batch's endpoint {self.endpoint!r}, "
+                             f"not {url!r}", "url")
         if not isinstance(data["body"], dict):
             return LineError(index, line, custom_id, "invalid_request",
-                             f"line {line}: body must be a JSON object (a chat completion request)", "body")
+                             f"{self.unit} {line}: body must be a JSON object (a chat completion request)", "body")
         return None
 
     def _body(self, index: int, line: int, custom_id: str, body: dict[str, Any]) -> LineResult:
         if body.get("stream"):
             return LineError(index, line, custom_id, "unsupported_value",
-                             f"line {line}: body.stream: a batch request cannot be streamed; remove it or set it "
-                             "to false", "body.stream")
+                             f"{self.unit} {line}: body.stream: a batch request cannot be streamed; remove it "
+                             "or set it to false", "body.stream")
         try:
             request = parse_chat_request(body)
         except BadRequest as err:
@@ -238,12 +254,12 @@ class LineChecker:
             self.model = request.model
         elif request.model != self.model:
             return LineError(index, line, custom_id, "model_mismatch",
-                             f"line {line}: body.model is {request.model!r} but this batch's model is "
+                             f"{self.unit} {line}: body.model is {request.model!r} but this batch's model is "
                              f"{self.model!r}; a batch runs one model: put other models' requests in their "
                              "own batch", "body.model")
         return LineItem(index, line, custom_id, request)
 
 
-def _missing(index: int, line: int, custom_id: str | None, name: str) -> LineError:
+def _missing(unit: str, index: int, line: int, custom_id: str | None, name: str) -> LineError:
     return LineError(index, line, custom_id, "missing_required_parameter",
-                     f"line {line}: {name} is required (each line holds custom_id, method, url and body)", name)
+                     f"{unit} {line}: {name} is required (each line holds custom_id, method, url and body)", name)

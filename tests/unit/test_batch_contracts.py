@@ -9,7 +9,7 @@ import pytest
 
 from contracts import subjects
 from contracts.v1 import BulkLine
-from services.batch.lines import InputLimits, LineItem, parse_file
+from services.batch.lines import InputLimits, LineChecker, LineError, LineItem, parse_file
 
 pytestmark = pytest.mark.unit
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "v1"
@@ -68,3 +68,17 @@ def test_public_bulk_subjects_are_in_no_existing_stream() -> None:
                                            (">", False), ("a b", False), ("", False)])
 def test_subject_tokens(token: str, ok: bool) -> None:
     assert subjects.is_subject_token(token) is ok
+
+
+def test_bus_messages_get_the_checks_of_a_files_lines() -> None:
+    checker = LineChecker(InputLimits(), unit="message")
+    good = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    results = [checker.check_message(i, BulkLine(custom_id=cid, body=b)) for i, (cid, b) in enumerate([
+        ("a", good), ("a", good), ("b", {**good, "stream": True}), ("c", {**good, "logit_bias": {}}),
+        ("d", {**good, "model": "other"}), ("e", good)])]
+    assert isinstance(results[0], LineItem) and isinstance(results[5], LineItem)
+    errors = [r for r in results if isinstance(r, LineError)]
+    assert [(e.index, e.code, e.status) for e in errors] == [
+        (1, "duplicate_custom_id", None), (2, "unsupported_value", None), (3, "unsupported_parameter", 400),
+        (4, "model_mismatch", None)]
+    assert errors[0].message.startswith("message 2: ")
