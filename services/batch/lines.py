@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from contracts.v1 import BulkLine, ChatRequest
+
 # The one place a chat body is validated (field policy included), so a batch line is refused exactly
 # as POST /v1/chat/completions would refuse it. Its module pulls in FastStream and NATS when imported;
 # moving it to a plain module of ingress would keep this one free of them.
