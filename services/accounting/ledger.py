@@ -6,7 +6,9 @@ PostgreSQL (shared by every accounting replica). No bus code here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sqlite3
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,16 +52,27 @@ def make_engine(database_url: str) -> AsyncEngine:
         return create_async_engine(url, pool_pre_ping=True)
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        _use_wal(url.database)
     engine = create_async_engine(url)
     event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
 
 
+def _use_wal(path: str) -> None:
+    """Put the SQLite file in WAL mode (it stays so: the mode is kept in the file), which lets the
+    report command read while the service writes.
+
+    Done once, here, before the engine's connections exist: switching the mode takes an exclusive
+    lock, and done by every new connection (it was, on connect) it could fail with "database is
+    locked" while another connection of the same process was in a transaction, as when replicas
+    start at once."""
+    with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets the report command read while the service writes; concurrent writers wait up to
-    # busy_timeout for the lock instead of failing at once.
+    # Concurrent writers wait up to busy_timeout for the lock instead of failing at once.
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
 
