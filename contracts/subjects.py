@@ -174,3 +174,14 @@ def public_bulk_output_wildcard(tenant: str) -> str:
 def is_subject_token(token: str) -> bool:
     """Whether ``token`` can stand as one token of a subject (a tenant or job id)."""
     return bool(token) and not any(c in token for c in ".*> \t\r\n")
+
+
+# -- Batch API storage (services.batch.store; the batch service creates these buckets itself) --
+#: Object store of batch files' bytes (inputs tenants upload; outputs and errors batches write).
+BATCH_FILES_BUCKET = "SF_FILES"
+#: KV of batch files' records (``services.batch.files.StoredFile``), key ``f.<tenant>.<file id>``.
+BATCH_FILE_META_BUCKET = "SF_FILE_META"
+#: KV of batch jobs (``services.batch.job.BatchJob``), key ``b.<tenant>.<batch id>``.
+BATCH_JOBS_BUCKET = "SF_BATCHES"
+#: KV of batch items' stored results, create-only, key ``<batch id>.<item index>``.
+BATCH_ITEMS_BUCKET = "SF_BATCH_ITEMS"
