@@ -1,10 +1,11 @@
 """Batch jobs: OpenAI Batch input files, output and error lines, and the job's state machine.
 
-What is here (plain logic, unit-tested): ``lines`` (an input file, line by line: a bad line fails
+What is here. Plain logic, unit-tested: ``lines`` (an input file, line by line: a bad line fails
 only itself), ``output`` (OpenAI's output and error lines, an answer's body exactly a chat
 answer's), ``job`` (the Batch object, its statuses and timestamps, counts that a redelivered
-result cannot change), ``files`` (the File object), ``store`` and ``job_store`` (files in a JetStream object
-store, jobs and per-item results in key-value buckets, every read by tenant and id).
+result cannot change), ``files`` (the File object). On JetStream, tested against a real
+nats-server: ``store`` (files in an object store, their records in key-value) and ``job_store``
+(jobs and per-item results in key-value buckets), every read by tenant and id.
 
 The design the service follows (issue 14), so that both entry points share one job model:
 
