@@ -333,11 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         checks += scale_checks
         print()
     print(cc.load_line(meta))
-    for name, ok, value in checks:
-        print(f"target: {name}: {'ok' if ok else 'MISS'} ({value})")
-    missed = [name for name, ok, _ in checks if not ok]
-    print(f"verdict: {'all targets met' if not missed else 'MISSED: ' + '; '.join(missed)}")
-    return 1 if missed else 0
+    return common.print_verdict(checks)
 
 
 if __name__ == "__main__":

@@ -238,3 +238,18 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     out = [line, "-" * len(line)]
     out += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join(out)
+
+
+#: A bench's checks: (what, whether it held, the figure it was judged on).
+Checks = Sequence[tuple[str, bool, str]]
+
+
+def print_verdict(checks: Checks, *, label: str = "target", failed: str = "MISS", passed: str = "all targets met",
+                  fails: str = "MISSED") -> int:
+    """Print each check and a one-line verdict; the exit code (1 when any check failed)."""
+    for name, ok, value in checks:
+        print(f"{label}: {name}: {'ok' if ok else failed} ({value})")
+    missed = [name for name, ok, _ in checks if not ok]
+    print(f"verdict: {passed if not missed else fails + ': ' + '; '.join(missed)}")
+    return 1 if missed else 0
+

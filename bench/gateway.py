@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"pieces of a streamed answer ({mock_openai.CHUNKS})")
     parser.add_argument("--quiet-wait", type=float, default=60.0, metavar="SECONDS",
                         help="before each measurement, wait up to this long for the rest of the machine to use "
-                             f"under {QUIET_SHARE:.0%} of a core (other work on 2 cores skews every figure; "
+                             f"under {QUIET_SHARE:.0%}% of a core (other work on 2 cores skews every figure; "
                              "0: never wait)")
     parser.add_argument("--service-env", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment variable for every process of skinflint (nats-server too), to "
@@ -331,11 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"waited {sum(w for w, _ in bench.waits):.0f} s in all for a quiet machine; "
               f"{len(busy)} of {len(bench.waits)} measurements started with the rest of the machine busier than "
               f"{QUIET_SHARE:.0%} of a core" + (f" (up to {max(busy):.0%})" if busy else ""))
-    for name, ok, value in checks:
-        print(f"target: {name}: {'ok' if ok else 'MISS'} ({value})")
-    missed = [name for name, ok, _ in checks if not ok]
-    print(f"verdict: {'all targets met' if not missed else 'MISSED: ' + '; '.join(missed)}")
-    return 1 if missed else 0
+    return common.print_verdict(checks)
 
 
 if __name__ == "__main__":

@@ -268,11 +268,8 @@ def print_report(summary: dict[str, Any], traced: list[Traced], meta: dict[str, 
     print(text)
     print()
     print(cc.load_line(meta))
-    for name, ok, value in checks:
-        print(f"check: {name}: {'ok' if ok else 'BROKEN'} ({value})")
-    broken = [name for name, ok, _ in checks if not ok]
-    print(f"verdict: {'the cache works on real traffic' if not broken else 'BROKEN: ' + '; '.join(broken)}")
-    return 1 if broken else 0
+    return common.print_verdict(checks, label="check", failed="BROKEN", passed="the cache works on real traffic",
+                                fails="BROKEN")
 
 
 def report_saved(path: Path, examples: int) -> int:
