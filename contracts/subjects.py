@@ -185,3 +185,64 @@ BATCH_FILE_META_BUCKET = "SF_FILE_META"
 BATCH_JOBS_BUCKET = "SF_BATCHES"
 #: KV of batch items' stored results, create-only, key ``<batch id>.<item index>``.
 BATCH_ITEMS_BUCKET = "SF_BATCH_ITEMS"
+
+# -- Batch runtime (services.batch.service) ---------------------------------------------------
+#: Ingress asks the batch service to start a job it created (``contracts.v1.BatchStart``).
+BATCH_START_SUBJECT = f"{VERSION_PREFIX}.batch.start"
+#: A job's items waiting to run: one ``BulkLine`` per message, header ``Sf-Item-Index``.
+BATCH_WORK_PREFIX = f"{VERSION_PREFIX}.batch.work"
+#: The header of a work message naming its item's index in the job (0-based, file order).
+ITEM_INDEX_HEADER = "Sf-Item-Index"
+
+
+def batch_work_subject(tenant: str, batch_id: str) -> str:
+    """Where the batch service queues the items of ``tenant``'s batch ``batch_id``."""
+    return f"{BATCH_WORK_PREFIX}.{tenant}.{batch_id}"
+
+
+def batch_result_subject(tenant: str, batch_id: str) -> str:
+    """The reply subject of a batch item's task: its result is stored in ``SF_BULK_RESULTS``."""
+    return f"{VERSION_PREFIX}.bulk.result.{tenant}.{batch_id}"
+
+
+#: Results of batch items: ``sf.v1.bulk.result.<tenant>.<batch id>`` (two tokens).
+BATCH_RESULTS_FILTER = f"{VERSION_PREFIX}.bulk.result.*.*"
+
+
+def public_bulk_end_subject(tenant: str, job_id: str) -> str:
+    """Where ``tenant`` publishes ``contracts.v1.BulkEnd`` once every line of job ``job_id`` is
+    published: the job then runs. Covered by the same permission as its lines."""
+    return f"{PUBLIC_BULK_PREFIX}.{tenant}.{job_id}.end"
+
+
+#: Every tenant's end-of-job messages: what the batch service's durable consumer filters on.
+PUBLIC_BULK_END_ALL = f"{PUBLIC_BULK_PREFIX}.*.*.end"
+
+BATCH_START_STREAM = StreamSpec(
+    name="SF_BATCH_START",
+    subjects=(BATCH_START_SUBJECT,),
+    retention="workqueue",
+    duplicate_window_s=3600.0,
+    max_age_s=7 * 24 * 3600.0,
+)
+BATCH_WORK_STREAM = StreamSpec(
+    name="SF_BATCH_WORK",
+    subjects=(f"{BATCH_WORK_PREFIX}.>",),
+    retention="workqueue",
+    duplicate_window_s=3600.0,
+    max_age_s=8 * 24 * 3600.0,
+)
+#: Tenants' bulk lines and end messages, kept (limits) so a job's lines are read in order when it ends.
+BULK_IN_STREAM = StreamSpec(
+    name="SF_BULK_IN",
+    subjects=(f"{PUBLIC_BULK_PREFIX}.>",),
+    retention="limits",
+    duplicate_window_s=3600.0,
+    max_age_s=8 * 24 * 3600.0,
+)
+BATCH_STREAMS = (BATCH_START_STREAM, BATCH_WORK_STREAM, BULK_IN_STREAM)
+#: Durable consumers of the batch service (every replica shares each).
+BATCH_START_DURABLE = "batch-start"
+BATCH_WORK_DURABLE = "batch-work"
+BATCH_RESULTS_DURABLE = "batch-results"
+BATCH_BUS_END_DURABLE = "batch-bus-end"

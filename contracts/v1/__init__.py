@@ -1,6 +1,6 @@
 """Version 1 of the wire contracts. Within v1 fields may only be added, optional, with defaults."""
 
-from contracts.v1.batch import BulkError, BulkLine, BulkOutputLine, BulkResponse
+from contracts.v1.batch import BatchStart, BulkEnd, BulkError, BulkLine, BulkOutputLine, BulkResponse, bus_batch_id
 from contracts.v1.cache import CacheControl, CacheMode, CacheNote, CacheOutcome
 from contracts.v1.chat import ChatMessage, ChatRequest, JsonSchemaFormat, ResponseFormat, StreamOptions, WireModel
 from contracts.v1.envelope import Route, RouteDecision, ShadowPick, StageMark, TaskEnvelope
@@ -23,6 +23,8 @@ __all__ = [
     "REPLY_ADAPTER",
     "Accepted",
     "AnswerAnnounced",
+    "BatchStart",
+    "BulkEnd",
     "BulkError",
     "BulkLine",
     "BulkOutputLine",
@@ -58,4 +60,5 @@ __all__ = [
     "UsageRow",
     "WireModel",
     "WorkerHeartbeat",
+    "bus_batch_id",
 ]

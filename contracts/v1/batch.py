@@ -15,6 +15,7 @@ was unreadable).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from pydantic import Field, model_validator
@@ -83,3 +84,27 @@ class BulkOutputLine(WireModel):
     def succeeded(self) -> bool:
         """Whether the line belongs in the output file (else the error file)."""
         return self.response is not None and self.response.status_code == 200
+
+
+class BatchStart(WireModel):
+    """Ingress to the batch service: run ``tenant``'s batch ``batch_id`` (created ``validating``)."""
+
+    tenant: str = Field(min_length=1, description="The tenant whose batch it is.")
+    batch_id: str = Field(min_length=1, description="The batch to start (its record is in the job store).")
+
+
+class BulkEnd(WireModel):
+    """The last message of a bus job (``contracts.subjects.public_bulk_end_subject``): every line is
+    published; the job runs its lines in the order the stream stored them."""
+
+    lines: int = Field(ge=1, description="How many lines the job has: the job fails if the stream holds another "
+                                         "number of them for it.")
+    completion_window: str = Field(default="24h", description="As for POST /v1/batches: '24h' (1h..168h).")
+    metadata: dict[str, str] = Field(default_factory=dict, description="As for POST /v1/batches (16 pairs at most).")
+
+
+def bus_batch_id(tenant: str, job: str) -> str:
+    """The batch id of ``tenant``'s bus job ``job`` (its subject token): what ``GET /v1/batches/{id}``
+    and the output file name; distinct per tenant, so two tenants' jobs never share item ids."""
+    digest = hashlib.sha256(f"{tenant}\x00{job}".encode()).hexdigest()[:24]
+    return f"batch_bus_{digest}"
