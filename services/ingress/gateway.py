@@ -23,7 +23,7 @@ from services.ingress.exact_cache import ExactCache
 from services.ingress.fields import refuse_unhonoured
 from services.ingress.observe import Observation
 from services.ingress.settings import IngressSettings
-from services.ingress.tenants import Caller, Gate
+from services.ingress.tenants import Caller, Gate, TenantRouting
 from services.shared.broker import is_connected
 from services.shared.errors import BadRequest, NotFound
 from services.shared.tiers import TiersFile
@@ -73,6 +73,37 @@ def unstreamed(text: str, streamed: list[str]) -> str:
     return text[len(sent):] if text.startswith(sent) else ""
 
 
+def route_request(tiers: TiersFile, pipeline: list[str], req: ChatRequest, routing_of_tenant: TenantRouting,
+                  min_tier: str | None = None) -> Route:
+    """Where ``req`` goes: its named model's tier, or (``auto``, or a tenant that routes every
+    request) the classifier's pick, with the default tier as the counterfactual and the answer
+    when the classifier is off or down. Chat (ingress) and batch items (the batch service) alike."""
+    routing = tiers.routing
+    auto = routing is not None and req.model == routing.auto_model
+    tier = routing.default_tier if auto and routing is not None else tiers.tier_of(req.model)
+    if tier is None:
+        known = ", ".join(sorted(tiers.public_models()))
+        raise NotFound(f"the model {req.model!r} does not exist; available: {known}", param="model")
+    classifier_on = routing is not None and CLASSIFIER_STAGE in pipeline
+    routed = classifier_on and (routing_of_tenant.mode == "all" or (auto and routing_of_tenant.mode != "off"))
+    if min_tier is not None:
+        _check_min_tier(tiers, req.model, tier, min_tier, routed)
+    return Route(model=req.model, tier=tier, counterfactual_tier=tier, routed=routed,
+                 min_tier=min_tier if routed else None, tenant_class=routing_of_tenant.tenant_class)
+
+
+def _check_min_tier(tiers: TiersFile, model: str, tier: str, min_tier: str, routed: bool) -> None:
+    routing = tiers.routing
+    ranked = [] if routing is None else [routing.weak, routing.strong]
+    if min_tier not in ranked:
+        raise BadRequest(f"{MIN_TIER_HEADER}: {min_tier!r} is not a routed tier "
+                         f"({', '.join(ranked) or 'this deployment does not route'})", param=MIN_TIER_HEADER)
+    if not routed and tier in ranked and ranked.index(tier) < ranked.index(min_tier):
+        raise BadRequest(f"{MIN_TIER_HEADER}: the model {model!r} is tier {tier!r}, below {min_tier!r}; "
+                         f"ask for a model of that tier, or for {routing.auto_model!r}"  # type: ignore[union-attr]
+                         , param=MIN_TIER_HEADER)
+
+
 async def _only(reply: Final) -> AsyncGenerator[Final, None]:
     yield reply
 
@@ -96,32 +127,8 @@ class Gateway:
              "slots": w.slots} for w in workers]}
 
     def route(self, req: ChatRequest, caller: Caller, min_tier: str | None = None) -> Route:
-        """Where ``req`` goes: its named model's tier, or (``auto``, or a tenant that routes every
-        request) the classifier's pick, with the default tier as the counterfactual and the
-        answer when the classifier is off or down. ``min_tier``: X-Skinflint-Min-Tier."""
-        routing = self.tiers.routing
-        auto = routing is not None and req.model == routing.auto_model
-        tier = routing.default_tier if auto and routing is not None else self.tiers.tier_of(req.model)
-        if tier is None:
-            known = ", ".join(sorted(self.tiers.public_models()))
-            raise NotFound(f"the model {req.model!r} does not exist; available: {known}", param="model")
-        classifier_on = routing is not None and CLASSIFIER_STAGE in self.settings.pipeline
-        routed = classifier_on and (caller.routing.mode == "all" or (auto and caller.routing.mode != "off"))
-        if min_tier is not None:
-            self._check_min_tier(req.model, tier, min_tier, routed)
-        return Route(model=req.model, tier=tier, counterfactual_tier=tier, routed=routed,
-                     min_tier=min_tier if routed else None, tenant_class=caller.routing.tenant_class)
-
-    def _check_min_tier(self, model: str, tier: str, min_tier: str, routed: bool) -> None:
-        routing = self.tiers.routing
-        ranked = [] if routing is None else [routing.weak, routing.strong]
-        if min_tier not in ranked:
-            raise BadRequest(f"{MIN_TIER_HEADER}: {min_tier!r} is not a routed tier "
-                             f"({', '.join(ranked) or 'this deployment does not route'})", param=MIN_TIER_HEADER)
-        if not routed and tier in ranked and ranked.index(tier) < ranked.index(min_tier):
-            raise BadRequest(f"{MIN_TIER_HEADER}: the model {model!r} is tier {tier!r}, below {min_tier!r}; "
-                             f"ask for a model of that tier, or for {routing.auto_model!r}"  # type: ignore[union-attr]
-                             , param=MIN_TIER_HEADER)
+        """Where ``req`` goes (``route_request``); ``min_tier``: X-Skinflint-Min-Tier."""
+        return route_request(self.tiers, self.settings.pipeline, req, caller.routing, min_tier)
 
     def _model_of(self, tier: str) -> str | None:
         config = self.tiers.tiers.get(tier)
