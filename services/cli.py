@@ -156,6 +156,7 @@ def cache_purge(
 def usage(
     tenant: Annotated[str | None, typer.Option(help="Another tenant (admin key).")] = None,
     since: Annotated[float | None, typer.Option(help="Only requests at or after this Unix time.")] = None,
+    job: Annotated[str | None, typer.Option("--job", help="Only the items of this batch (its id).")] = None,
     url: UrlOption = "http://127.0.0.1:8000",
     api_key: KeyOption = "",
 ) -> None:
@@ -167,6 +168,8 @@ def usage(
         params["tenant"] = tenant
     if since is not None:
         params["since"] = since
+    if job is not None:
+        params["job_id"] = job
     print(_call("GET", url, "/v1/usage", api_key, params=params).text, end="")
 
 

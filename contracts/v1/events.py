@@ -62,6 +62,9 @@ class UsageEvent(WireModel):
     escalation_completion_tokens: int = Field(default=0, ge=0, description="Cascade: completion tokens of the "
                                               "failed attempt.")
     occurred_at: float = Field(description="Unix time the request finished.")
+    job_id: str | None = Field(
+        default=None, description="The bulk job (batch id) the request was an item of; none for a request on "
+        "its own. A job's totals are the sum of its items' charges.")
 
 
 class WorkerHeartbeat(WireModel):
@@ -101,6 +104,7 @@ class HopAck(WireModel):
 class UsageQuery(WireModel):
     tenant: str | None = Field(default=None, description="Only this tenant; None for all (admin).")
     since: float | None = Field(default=None, description="Only requests after this Unix time.")
+    job_id: str | None = Field(default=None, description="Only the items of this bulk job (batch id).")
 
 
 class UsageRow(WireModel):

@@ -216,6 +216,8 @@ def create_http_app(gateway: Gateway) -> FastAPI:
     async def usage(request: Request,
                     since: Annotated[float | None, Query(ge=0, le=1e11, description="Unix time")] = None,
                     tenant: Annotated[str | None, Query(max_length=200)] = None,
+                    job_id: Annotated[str | None, Query(min_length=1, max_length=200,
+                                                        description="Only this batch's items")] = None,
                     format: Annotated[str, Query(pattern="^(json|table)$")] = "json") -> Any:
         caller = gateway.gate.authenticate(request.headers.get("authorization"))
         if format not in ("json", "table"):
@@ -223,7 +225,8 @@ def create_http_app(gateway: Gateway) -> FastAPI:
         if tenant is not None and tenant != caller.tenant and not caller.admin:
             raise SkinflintError("only an admin key may read another tenant's usage", status=403,
                                  code="forbidden", param="tenant")
-        query = UsageQuery(tenant=tenant if caller.admin else caller.tenant, since=since)
+        # A job id narrows the query; the tenant scope still holds (another tenant's job reads as empty).
+        query = UsageQuery(tenant=tenant if caller.admin else caller.tenant, since=since, job_id=job_id)
         try:
             msg = await gateway.dispatcher.broker.request(query, USAGE_QUERY_SUBJECT, timeout=5.0)
         except Exception as exc:
