@@ -19,6 +19,7 @@ from contracts.subjects import CACHE_PURGE_SUBJECT, USAGE_QUERY_SUBJECT
 from contracts.v1 import CachePurge, CachePurged, ChatRequest, Chunk, Final, UsageQuery, UsageReport
 from services.ingress import cache_control
 from services.ingress import openai_format as fmt
+from services.ingress.batch_api import BatchApi, batch_router
 from services.ingress.dispatch import phases_ms
 from services.ingress.fields import published_schema
 from services.ingress.gateway import (
@@ -102,7 +103,8 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def create_http_app(gateway: Gateway) -> FastAPI:
+def create_http_app(gateway: Gateway, batch: BatchApi | None = None) -> FastAPI:
+    """``batch``: the Batch API's stores, opened by the service at start (503s until then)."""
     settings = gateway.settings
     app = FastAPI(
         title="skinflint",
@@ -271,6 +273,7 @@ def create_http_app(gateway: Gateway) -> FastAPI:
         return JSONResponse({"ready": ready, **details}, status_code=200 if ready else 503)
 
     app.add_api_websocket_route("/v1/ws", websocket_chat(gateway))
+    app.include_router(batch_router(gateway.gate, batch or BatchApi(gateway.dispatcher.broker, settings)))
     _publish_body_schema(app)
     return app
 

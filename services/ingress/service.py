@@ -6,6 +6,7 @@ import logging
 from collections.abc import Collection
 
 from contracts.subjects import ALL_STREAMS, CACHE_STAGE, KNOWN_STAGES
+from services.ingress.batch_api import BatchApi
 from services.ingress.dispatch import Dispatcher
 from services.ingress.exact_cache import ExactCache
 from services.ingress.gateway import Gateway
@@ -43,7 +44,8 @@ class IngressService:
         exact_cache = ExactCache(self.broker, settings.instance_id, self.usage) \
             if settings.exact_cache_at_ingress and CACHE_STAGE in settings.pipeline else None
         self.gateway = Gateway(settings, gate, self.dispatcher, self.tiers, exact_cache)
-        self.app = create_http_app(self.gateway)
+        self.batch = BatchApi(self.broker, settings)
+        self.app = create_http_app(self.gateway, self.batch)
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
         FastAPIInstrumentor.instrument_app(self.app, tracer_provider=provider,
@@ -61,6 +63,7 @@ class IngressService:
     async def start(self) -> None:
         await self.broker.start()
         await ensure_streams(self.broker, ALL_STREAMS)
+        await self.batch.open()
         await self.dispatcher.connect()
         self.usage.start()
         self._server = AsgiServer(self.app, self.settings.host, self.settings.port,

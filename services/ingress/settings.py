@@ -35,3 +35,8 @@ class IngressSettings(ServiceSettings):
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body (413).")
     max_ws_inflight: int = Field(default=16, ge=1, description="Concurrent requests on one WebSocket.")
+    batch_max_file_bytes: int = Field(
+        default=209_715_200, ge=1, description="Largest batch input file POST /v1/files takes (413 file_too_large).")
+    batch_max_window_hours: int = Field(
+        default=168, ge=1, le=8760,
+        description="Longest completion_window POST /v1/batches accepts, in hours ('24h' is OpenAI's only one).")
