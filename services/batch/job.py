@@ -140,6 +140,9 @@ class BatchJob(BaseModel):
     completion_window: str = "24h"
     metadata: dict[str, str] = Field(default_factory=dict)
     model: str | None = Field(default=None, description="The model every request names, once known.")
+    bus_job: str | None = Field(default=None, description="A job that came over the bus: its subject token (the "
+                                "tenant reads its results live on public_bulk_output_subject(tenant, bus_job)).")
+    api_key_id: str = Field(default="", description="The API key that created it (recorded with each charge).")
     status: BatchStatus = BatchStatus.VALIDATING
     created_at: int
     expires_at: int

@@ -27,7 +27,7 @@ from typing import IO, Any, cast
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
-from nats.js.errors import BadRequestError, KeyNotFoundError, NotFoundError
+from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 from pydantic import ValidationError
@@ -119,15 +119,23 @@ class FileStore:
 
     async def put(self, tenant: str, filename: str, purpose: FilePurpose, data: bytes | AsyncIterable[bytes],
                   expires_at: int | None = None, *, requests: int | None = None,
-                  now: float | None = None) -> StoredFile:
+                  now: float | None = None, file_id: str | None = None) -> StoredFile:
         """Store a new file of ``tenant``; returns its record (id ``file-<random>``).
 
         More than ``max_bytes`` raises ``PayloadTooLarge`` as soon as the count passes the limit,
         and nothing is stored. Chunks are counted into a spool (memory up to 8 MiB, then a
-        temporary file), so a large upload never sits whole in memory."""
+        temporary file), so a large upload never sits whole in memory.
+
+        ``file_id``: a given id (a batch's output file), written once: when a file of ``tenant``
+        has that id already, it is returned unchanged, so writing it again after a crash is harmless."""
         key_token(tenant)
+        if file_id is not None:
+            try:
+                return await self.get(tenant, file_id)
+            except NotFound:
+                pass
         created = time.time() if now is None else now
-        stored = StoredFile(id=new_file_id(), tenant=tenant, filename=filename, purpose=purpose, bytes=0,
+        stored = StoredFile(id=file_id or new_file_id(), tenant=tenant, filename=filename, purpose=purpose, bytes=0,
                             created_at=int(created), expires_at=expires_at, requests=requests)
         with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
             if isinstance(data, bytes | bytearray):
@@ -145,6 +153,10 @@ class FileStore:
         record = stored.model_dump(mode="json") | {"created_ns": int(created * 1e9)}
         try:
             await self._records.create(self._key(tenant, stored.id), _json(record))
+        except KeyWrongLastSequenceError:
+            if file_id is None:
+                raise
+            return await self.get(tenant, file_id)  # written meanwhile by another replica: same bytes
         except BaseException:
             await self._objects.delete(self._object(tenant, stored.id))
             raise

@@ -260,3 +260,15 @@ CASCADE_COST = Counter(
     "weak tier that made them.",
     ["tenant", "tier"],
 )
+
+# -- batch jobs (services.batch) ----------------------------------------------------------------
+BATCH_ITEMS = Counter(
+    "skinflint_batch_items_total",
+    "Batch items finished, by outcome: answered, failed (the endpoint's error), unread (a line refused on "
+    "reading), unrun (cancelled or expired before it ran).", ["outcome"])
+BATCH_JOBS = Counter("skinflint_batch_jobs_total", "Batch jobs ended, by final status.", ["status"])
+BATCH_IN_FLIGHT = Gauge("skinflint_batch_items_in_flight", "Batch items handed to the stages and not yet answered.")
+BATCH_DISPATCHES = Counter(
+    "skinflint_batch_dispatches_total",
+    "Batch items handed to the stages, by kind: first, again (a redelivered work message: the bulk stream "
+    "drops a copy still queued).", ["kind"])

@@ -1,0 +1,458 @@
+"""What the batch service does with each message: start a job, queue its items, hand each to the
+stages, store each result once, and close the job with its files.
+
+Every step reads and writes only the stores (``FileStore``, ``JobStore``) and JetStream, so any
+replica can pick up where a crashed one stopped: a message is acknowledged only once what it
+asked for is stored, and every write is idempotent (deterministic ids, create-only results,
+job updates that depend only on the job).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import time
+from collections.abc import Callable
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from opentelemetry import trace
+from pydantic import ValidationError
+
+from contracts.subjects import (
+    ITEM_INDEX_HEADER,
+    Priority,
+    batch_result_subject,
+    batch_work_subject,
+    public_bulk_output_subject,
+)
+from contracts.v1 import (
+    REPLY_ADAPTER,
+    BulkEnd,
+    BulkLine,
+    ChatRequest,
+    ErrorReply,
+    Final,
+    TaskEnvelope,
+    bus_batch_id,
+)
+from services.batch import finalize, intake
+from services.batch.job import BatchJob, BatchStatus, FileError, WrongState
+from services.batch.job_store import JobStore
+from services.batch.lines import FileRejected, FileTooLarge, InputLimits, LineError, LineItem, LineResult
+from services.batch.output import Unrun, from_reply, item_request_id
+from services.batch.settings import BatchSettings
+from services.batch.store import FileStore
+from services.ingress.cache_control import default as cache_defaults
+from services.ingress.gateway import route_request
+from services.ingress.tenants import TenantConfig
+from services.shared import metrics
+from services.shared.errors import NotFound, SkinflintError, Timeout, Unavailable
+from services.shared.slip import StageHop
+from services.shared.tiers import TiersFile
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+
+#: A job read for the work handler is reused this long (a cancel is seen within it).
+_JOB_TTL_S = 1.0
+#: How often an item waiting for its result checks the store (a result another replica stored).
+_RESULT_POLL_S = 10.0
+
+
+def subject_tokens(subject: str, first: int, count: int) -> list[str] | None:
+    parts = subject.split(".")
+    return parts[first:first + count] if len(parts) >= first + count else None
+
+
+class BatchRuntime:
+    """The handlers of the batch service's four inputs and its sweeper (``BatchService`` wires
+    them to durable consumers)."""
+
+    def __init__(self, settings: BatchSettings, tiers: TiersFile, tenants: dict[str, TenantConfig],
+                 js: JetStreamContext, files: FileStore, jobs: JobStore, hop: StageHop,
+                 publish: Callable[[str, bytes], object]) -> None:
+        self.settings = settings
+        self.tiers = tiers
+        self.tenants = tenants
+        self.js = js
+        self.files = files
+        self.jobs = jobs
+        self.hop = hop
+        #: Core publish (live output lines of bus jobs).
+        self._publish = publish
+        self.limits = InputLimits(max_bytes=settings.batch_max_file_bytes, max_requests=settings.batch_max_lines)
+        self._jobs_seen: dict[tuple[str, str], tuple[float, BatchJob]] = {}
+        #: Items this replica handed on, waiting for their result: request id -> (reply, created).
+        self._waiters: dict[str, asyncio.Future[tuple[Final | ErrorReply, int]]] = {}
+        self.in_flight: collections.Counter[str] = collections.Counter()
+        self._closing: set[str] = set()
+
+    # -- starting a job ----------------------------------------------------------------------------
+
+    async def start_job(self, tenant: str, batch_id: str, keepalive: Callable[[], object] | None = None) -> None:
+        """Check the job's input, move it to ``in_progress`` and queue its items; again after a
+        crash, queue what the work stream may not hold (it drops the copies it holds)."""
+        with tracer.start_as_current_span("batch start", attributes={"sf.batch.id": batch_id, "sf.tenant": tenant}):
+            job = await self.jobs.get(tenant, batch_id)
+            if job.status not in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
+                return
+            try:
+                items = await intake.read_items(self.files, tenant, job.input_file_id, self.limits)
+            except NotFound:
+                await self._fail(job, FileError(code="invalid_file", param="input_file_id",
+                                                message=f"input_file_id: the file {job.input_file_id!r} is gone"))
+                return
+            except (FileRejected, FileTooLarge) as err:
+                await self._fail(job, FileError(code=err.code, message=err.message))
+                return
+            if job.status is BatchStatus.VALIDATING:
+                job = await self.jobs.update(tenant, batch_id, _started(items, time.time()))
+                unread = sum(isinstance(i, LineError) for i in items)
+                metrics.BATCH_ITEMS.labels("unread").inc(unread)
+                log.info("batch %s of %r: %d requests (%d refused on reading)", batch_id, tenant, len(items), unread)
+            if job.status is BatchStatus.FINALIZING:
+                await self.close(tenant, batch_id)  # every line was refused
+                return
+            if job.status is not BatchStatus.IN_PROGRESS:
+                return
+            subject = batch_work_subject(tenant, batch_id)
+            for n, item in enumerate(i for i in items if isinstance(i, LineItem)):
+                if item.index in job.completed or item.index in job.failed:
+                    continue
+                line = BulkLine(custom_id=item.custom_id,
+                                body=item.request.model_dump(mode="json", exclude_unset=True))
+                await self.js.publish(subject, line.model_dump_json().encode(), headers={
+                    "Nats-Msg-Id": item_request_id(batch_id, item.index), ITEM_INDEX_HEADER: str(item.index)})
+                if keepalive is not None and n % 500 == 499:
+                    await _call(keepalive)
+
+    async def _fail(self, job: BatchJob, error: FileError) -> None:
+        def fail(j: BatchJob) -> None:
+            if j.status is BatchStatus.VALIDATING:
+                j.fail(time.time(), [error])
+
+        await self.jobs.update(job.tenant, job.id, fail)
+        metrics.BATCH_JOBS.labels(BatchStatus.FAILED.value).inc()
+        log.info("batch %s of %r failed: %s", job.id, job.tenant, error.message)
+
+    # -- the bus entry point -----------------------------------------------------------------------
+
+    async def on_bus_end(self, subject: str, data: bytes, stream_seq: int,
+                         keepalive: Callable[[], object] | None = None) -> None:
+        """A tenant's end message: its lines become the job's input file, then the job starts."""
+        tokens = subject_tokens(subject, 4, 2)
+        if tokens is None:
+            return
+        tenant, job_name = tokens
+        batch_id = bus_batch_id(tenant, job_name)
+        try:
+            await self.jobs.get(tenant, batch_id)
+        except NotFound:
+            await self._create_bus_job(tenant, job_name, batch_id, data, stream_seq)
+        await self.start_job(tenant, batch_id, keepalive)
+
+    async def _create_bus_job(self, tenant: str, job_name: str, batch_id: str, data: bytes, stream_seq: int) -> None:
+        now = time.time()
+        lines = await intake.read_bus_lines(self.js, tenant, job_name, stream_seq)
+        file_id = await intake.write_bus_input(self.files, tenant, job_name, batch_id, lines)
+        problem: FileError | None = None
+        end: BulkEnd | None = None
+        try:
+            end = BulkEnd.model_validate_json(data)
+        except ValidationError as exc:
+            problem = FileError(code="invalid_end_message", message=f"the end message is not a BulkEnd: {exc}")
+        try:
+            job = BatchJob.create(
+                tenant=tenant, input_file_id=file_id, now=now, batch_id=batch_id,
+                completion_window=end.completion_window if end else "24h", metadata=end.metadata if end else None,
+                max_window_hours=self.settings.batch_max_window_hours)
+        except SkinflintError as err:
+            job = BatchJob.create(tenant=tenant, input_file_id=file_id, now=now, batch_id=batch_id)
+            problem = problem or FileError(code=err.code, message=err.message, param=err.param)
+        job.bus_job = job_name
+        if problem is None and end is not None and end.lines != len(lines.lines):
+            problem = FileError(code="line_count_mismatch", message=(
+                f"the end message says {end.lines} lines, but {len(lines.lines)} were published for job "
+                f"{job_name!r} before it; publish every line (each once: give it a Nats-Msg-Id), then the end"))
+        if problem is None and tenant not in self.tenants:
+            problem = FileError(code="unknown_tenant", message=f"tenant {tenant!r} is not in the tenants file")
+        if problem is not None:
+            job.fail(now, [problem])
+            metrics.BATCH_JOBS.labels(BatchStatus.FAILED.value).inc()
+        try:
+            await self.jobs.create(job, now)
+        except ValueError:
+            return  # another replica created it meanwhile
+        log.info("bus job %r of %r is batch %s (%d lines)", job_name, tenant, batch_id, len(lines.lines))
+
+    # -- items -------------------------------------------------------------------------------------
+
+    async def _job(self, tenant: str, batch_id: str) -> BatchJob:
+        key = (tenant, batch_id)
+        seen = self._jobs_seen.get(key)
+        now = time.monotonic()
+        if seen is not None and now - seen[0] < _JOB_TTL_S:
+            return seen[1]
+        job = await self.jobs.get(tenant, batch_id)
+        self._jobs_seen[key] = (now, job)
+        if len(self._jobs_seen) > 1024:
+            self._jobs_seen = {k: v for k, v in self._jobs_seen.items() if now - v[0] < _JOB_TTL_S}
+        return job
+
+    def envelope(self, job: BatchJob, index: int, request: ChatRequest) -> TaskEnvelope:
+        """Item ``index`` as a bulk task: routed and cached as the tenant's chat requests are."""
+        tenant = self.tenants.get(job.tenant)
+        config = tenant or TenantConfig(name=job.tenant, keys=[{"id": "none", "sha256": "0" * 64}])
+        route = route_request(self.tiers, self.settings.pipeline, request, config.routing)
+        now = time.time()
+        return TaskEnvelope(
+            request_id=item_request_id(job.id, index), tenant=job.tenant, api_key_id=job.api_key_id,
+            priority=Priority.BULK, request=request, route=route,
+            reply_subject=batch_result_subject(job.tenant, job.id),
+            itinerary=[s for s in self.settings.pipeline if s != "classifier" or route.routed],
+            deadline_at=float(job.expires_at), received_at=now, optional=list(self.settings.optional_stages),
+            cache_control=cache_defaults(config.cache), job_id=job.id)
+
+    async def on_work(self, msg: Msg) -> None:
+        """One queued item: run it unless its job stopped, and acknowledge once its result is stored."""
+        tokens = subject_tokens(msg.subject, 4, 2)
+        try:
+            index = int((msg.headers or {}).get(ITEM_INDEX_HEADER, ""))
+        except ValueError:
+            index = -1
+        if tokens is None or index < 0:
+            log.error("dropping a work message without its job or index on %s", msg.subject)
+            await msg.term()
+            return
+        tenant, batch_id = tokens
+        try:
+            job = await self._job(tenant, batch_id)
+        except NotFound:
+            await msg.ack()
+            return
+        if (index in job.completed or index in job.failed or job.status is not BatchStatus.IN_PROGRESS
+                or job.due(time.time()) or await self.jobs.item(batch_id, index) is not None):
+            await msg.ack()  # done already, or never to run (cancelled, expired): closing lists it unrun
+            return
+        line = BulkLine.model_validate_json(msg.data)
+        request_id = item_request_id(batch_id, index)
+        waiter = self._waiters.get(request_id)
+        again = waiter is not None or (msg.metadata.num_delivered or 1) > 1
+        if waiter is None:
+            waiter = self._waiters[request_id] = asyncio.get_running_loop().create_future()
+        self.in_flight[batch_id] += 1
+        metrics.BATCH_IN_FLIGHT.inc()
+        try:
+            result = await self._run(msg, job, index, line, waiter, again)
+        finally:
+            self.in_flight[batch_id] -= 1
+            if self.in_flight[batch_id] <= 0:
+                del self.in_flight[batch_id]
+            metrics.BATCH_IN_FLIGHT.dec()
+            if waiter.done() or result is not None:
+                self._waiters.pop(request_id, None)
+        if result is not None and job.bus_job is not None:
+            reply, created = result
+            out = from_reply(batch_id, index, line.custom_id, reply, created)
+            await _call(lambda: self._publish(public_bulk_output_subject(tenant, job.bus_job or ""),
+                                              out.model_dump_json().encode()))
+
+    async def _run(self, msg: Msg, job: BatchJob, index: int, line: BulkLine,
+                   waiter: asyncio.Future[tuple[Final | ErrorReply, int]],
+                   again: bool) -> tuple[Final | ErrorReply, int] | None:
+        request_id = item_request_id(job.id, index)
+        try:
+            env = self.envelope(job, index, ChatRequest.model_validate(line.body))
+            metrics.BATCH_DISPATCHES.labels("again" if again else "first").inc()
+            await self.hop.deliver(env)
+        except (Unavailable, Timeout) as err:
+            log.warning("item %s not handed on (%s); retrying shortly", request_id, err.message)
+            await msg.nak(delay=5.0)
+            return None
+        except SkinflintError as err:  # refused for good (an unknown model): the item's answer
+            result = await self.record(job.tenant, job.id, index, err.to_reply(request_id))
+            await msg.ack()
+            return result
+        except ValidationError as exc:
+            result = await self.record(job.tenant, job.id, index, ErrorReply(
+                request_id=request_id, status=400, code="invalid_request", message=str(exc)[:500]))
+            await msg.ack()
+            return result
+        deadline = time.monotonic() + self.settings.batch_redispatch_after_s
+        while True:
+            try:
+                result = await asyncio.wait_for(asyncio.shield(waiter), timeout=_RESULT_POLL_S)
+                break
+            except TimeoutError:
+                stored = await self.jobs.item(job.id, index)
+                if stored is not None:
+                    result = finalize.read_record(stored)
+                    break
+                if time.monotonic() > deadline:
+                    log.warning("item %s: no result %.0f s after its hand-off; handing it on again", request_id,
+                                self.settings.batch_redispatch_after_s)
+                    await msg.nak()
+                    return None
+                await msg.in_progress()
+        await msg.ack()
+        return result
+
+    # -- results -----------------------------------------------------------------------------------
+
+    async def on_result(self, subject: str, data: bytes) -> None:
+        """A bulk task's final reply: stored once, counted once, the job closed when it was the last."""
+        tokens = subject_tokens(subject, 4, 2)
+        if tokens is None:
+            return
+        tenant, batch_id = tokens
+        try:
+            reply = REPLY_ADAPTER.validate_json(data)
+        except ValidationError:
+            log.error("ignoring an unreadable result on %s", subject)
+            return
+        if not isinstance(reply, Final | ErrorReply):
+            return
+        prefix, _, number = reply.request_id.rpartition("-")
+        if prefix != batch_id or not number.isdigit():
+            log.error("ignoring a result for %s on %s: not an item of that batch", reply.request_id, subject)
+            return
+        await self.record(tenant, batch_id, int(number), reply)
+
+    async def record(self, tenant: str, batch_id: str, index: int,
+                     reply: Final | ErrorReply) -> tuple[Final | ErrorReply, int]:
+        """Store item ``index``'s result (the first one stored stands) and count it in its job."""
+        created = int(time.time())
+        if not await self.jobs.record_item(batch_id, index, finalize.item_record(reply, created)):
+            stored = await self.jobs.item(batch_id, index)
+            if stored is not None:
+                reply, created = finalize.read_record(stored)
+        ok = isinstance(reply, Final)
+        usage = reply.usage if isinstance(reply, Final) else None
+        changed = False
+
+        def count(job: BatchJob) -> None:
+            nonlocal changed
+            changed = index < job.total and job.record(index, ok, time.time(), usage)
+
+        try:
+            job = await self.jobs.update(tenant, batch_id, count)
+        except NotFound:
+            job = None
+        if changed:
+            metrics.BATCH_ITEMS.labels("answered" if ok else "failed").inc()
+        waiter = self._waiters.get(item_request_id(batch_id, index))
+        if waiter is not None and not waiter.done():
+            waiter.set_result((reply, created))
+        if job is not None and job.status is BatchStatus.FINALIZING:
+            await self.close(tenant, batch_id)
+        return reply, created
+
+    # -- closing -----------------------------------------------------------------------------------
+
+    async def close(self, tenant: str, batch_id: str) -> None:
+        """Write the files of a job whose items all have an outcome (or that was cancelled and has
+        nothing running here, or whose window passed) and end it. Idempotent."""
+        if batch_id in self._closing:
+            return
+        self._closing.add(batch_id)
+        try:
+            with tracer.start_as_current_span("batch close", attributes={"sf.batch.id": batch_id}):
+                await self._close(tenant, batch_id)
+        finally:
+            self._closing.discard(batch_id)
+
+    async def _close(self, tenant: str, batch_id: str) -> None:
+        job = await self.jobs.get(tenant, batch_id)
+        now = time.time()
+        if job.status is BatchStatus.FINALIZING:
+            unrun_as = Unrun.CANCELLED  # none is left unrun
+        elif job.status is BatchStatus.CANCELLING:
+            unrun_as = Unrun.CANCELLED
+        elif job.due(now):
+            unrun_as = Unrun.EXPIRED
+        else:
+            return
+        items: list[LineResult] = []
+        if job.total:
+            items = await intake.read_items(self.files, tenant, job.input_file_id, self.limits)
+        recorded = {index: value async for index, value in self.jobs.items(batch_id)}
+        built = finalize.build(batch_id, items, recorded, unrun_as)
+        output_id, error_id = await finalize.write(self.files, job, built, now, self.settings.batch_output_expiry_s)
+
+        def end(j: BatchJob) -> None:
+            for index, value in recorded.items():  # stored, but the job's count was not yet moved
+                if j.status in (BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING) and index < j.total:
+                    reply, _ = finalize.read_record(value)
+                    j.record(index, isinstance(reply, Final), now, reply.usage if isinstance(reply, Final) else None)
+            if j.status is BatchStatus.FINALIZING:
+                j.complete(now, output_id, error_id)
+            elif j.status is BatchStatus.CANCELLING:
+                j.finish_cancel(now, output_id, error_id)
+            else:
+                j.expire(now, output_id, error_id)
+
+        try:
+            closed = await self.jobs.update(tenant, batch_id, end)
+        except WrongState:
+            return  # another replica closed it
+        unrun = len(closed.unrun)
+        metrics.BATCH_ITEMS.labels("unrun").inc(unrun)
+        metrics.BATCH_JOBS.labels(closed.status.value).inc()
+        log.info("batch %s of %r %s: %d answered, %d failed (%d never ran)", batch_id, tenant,
+                 closed.status.value, len(closed.completed), len(closed.failed), unrun)
+        await self.jobs.purge_items(batch_id)
+        if closed.bus_job is not None:
+            await _call(lambda: self._publish(public_bulk_output_subject(tenant, closed.bus_job or "") + ".done",
+                                              _json(closed.to_openai())))
+
+    def _closable(self, job: BatchJob, now: float) -> bool:
+        """Finalizing (a close interrupted), past its window, or cancelled with nothing of it
+        running here (a moment after the cancel, for work messages on their way to be dropped)."""
+        cancelled = (job.status is BatchStatus.CANCELLING and self.in_flight[job.id] == 0
+                     and now - (job.cancelling_at or 0) >= 2)
+        return job.status is BatchStatus.FINALIZING or job.due(now) or cancelled
+
+    async def sweep(self) -> None:
+        """Jobs that need a push: a lost start, a window passed, a cancel with nothing left running
+        here, a close interrupted; and expired files."""
+        now = time.time()
+        for job in await self.jobs.every():
+            try:
+                if job.status is BatchStatus.VALIDATING and now - job.created_at >= self.settings.batch_start_retry_s:
+                    await self.start_job(job.tenant, job.id)
+                elif self._closable(job, now):
+                    await self.close(job.tenant, job.id)
+            except Exception:
+                log.exception("batch %s: the sweep failed; trying again next time", job.id)
+        await self.files.sweep_expired(now)
+
+
+def _started(items: list[LineResult], now: float) -> Callable[[BatchJob], None]:
+    model = next((i.request.model for i in items if isinstance(i, LineItem)), None)
+
+    def start(job: BatchJob) -> None:
+        if job.status is BatchStatus.VALIDATING:
+            job.start(now, len(items))
+            job.model = model
+            for item in items:
+                if isinstance(item, LineError):
+                    job.record_unread(item.index, now)
+
+    return start
+
+
+def _json(data: dict[str, object]) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+async def _call(fn: Callable[[], object]) -> None:
+    """Call ``fn``, awaiting what it returns if it is awaitable; a failure is logged, not raised."""
+    try:
+        result = fn()
+        if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+            await result
+    except Exception:
+        log.warning("a best-effort publish failed", exc_info=True)
