@@ -71,7 +71,8 @@ class BatchService:
         self.runtime: BatchRuntime | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._work: set[asyncio.Task[None]] = set()
-        self._held: set[Msg] = set()
+        #: Work messages held by running items, by task (a ``Msg`` is not hashable).
+        self._held: dict[asyncio.Task[None], Msg] = {}
         self._stopping = False
         self._room = asyncio.Event()
 
@@ -176,21 +177,20 @@ class BatchService:
 
     def _spawn(self, handler: Callable[[Msg], Awaitable[None]], msg: Msg) -> None:
         async def run() -> None:
-            self._held.add(msg)
             try:
                 await handler(msg)
             except Exception:
                 log.exception("an item on %s failed; it will be redelivered", msg.subject)
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=5.0)
-            finally:
-                self._held.discard(msg)
 
         task = asyncio.create_task(run())
         self._work.add(task)
+        self._held[task] = msg
 
         def done(t: asyncio.Task[None]) -> None:
             self._work.discard(t)
+            self._held.pop(t, None)
             self._room.set()
 
         task.add_done_callback(done)
@@ -216,7 +216,7 @@ class BatchService:
         """Stop taking messages. Items waiting for their result are handed back at once (another
         replica takes them; the bulk stream drops the copy it already holds)."""
         self._stopping = True
-        held = list(self._held)
+        held = list(self._held.values())
         for task in list(self._work):
             task.cancel()
         for msg in held:
