@@ -143,6 +143,9 @@ class BatchJob(BaseModel):
     bus_job: str | None = Field(default=None, description="A job that came over the bus: its subject token (the "
                                 "tenant reads its results live on public_bulk_output_subject(tenant, bus_job)).")
     api_key_id: str = Field(default="", description="The API key that created it (recorded with each charge).")
+    output_expires_after_s: int | None = Field(
+        default=None, description="How long its output and error files are kept (output_expires_after.seconds); "
+        "None: the batch service's default.")
     status: BatchStatus = BatchStatus.VALIDATING
     created_at: int
     expires_at: int

@@ -380,7 +380,8 @@ class BatchRuntime:
             items = await intake.read_items(self.files, tenant, job.input_file_id, self.limits)
         recorded = {index: value async for index, value in self.jobs.items(batch_id)}
         built = finalize.build(batch_id, items, recorded, unrun_as)
-        output_id, error_id = await finalize.write(self.files, job, built, now, self.settings.batch_output_expiry_s)
+        expiry_s = job.output_expires_after_s or self.settings.batch_output_expiry_s
+        output_id, error_id = await finalize.write(self.files, job, built, now, expiry_s)
 
         def end(j: BatchJob) -> None:
             for index, value in recorded.items():  # stored, but the job's count was not yet moved
