@@ -59,6 +59,9 @@ _READ_CHUNK = 256 * 1024
 _FORM_FIELDS = frozenset({"file", "purpose", "expires_after[anchor]", "expires_after[seconds]"})
 _CREATE_FIELDS = frozenset({"input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after"})
 
+_CREATE_SHAPE = ("a JSON object {\"input_file_id\": ..., \"endpoint\": \"/v1/chat/completions\", "
+                 "\"completion_window\": \"24h\", \"metadata\": {...}}")
+
 T = TypeVar("T", StoredFile, BatchJob)
 
 _UPLOAD_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -245,14 +248,14 @@ def batch_router(gate: Gate, api: BatchApi) -> APIRouter:
             if unknown:
                 raise BadRequest(f"{unknown[0][:80]}: unknown field; send file, purpose and optionally "
                                  "expires_after[anchor] and expires_after[seconds]", param=unknown[0][:80])
-            if "purpose" not in form:
-                raise BadRequest("purpose: missing; it must be \"batch\"", param="purpose",
-                                 code="missing_required_parameter")
-            purpose = check_upload_purpose(form.get("purpose"))
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
                 raise BadRequest("file: missing; send the JSONL file as the multipart part 'file'", param="file",
                                  code="missing_required_parameter")
+            if "purpose" not in form:
+                raise BadRequest("purpose: missing; it must be \"batch\"", param="purpose",
+                                 code="missing_required_parameter")
+            purpose = check_upload_purpose(form.get("purpose"))
             filename = upload.filename or "upload.jsonl"
             if len(filename) > MAX_FILENAME_CHARS:
                 raise BadRequest(f"file: the file name is longer than {MAX_FILENAME_CHARS} characters", param="file")
@@ -310,7 +313,10 @@ def batch_router(gate: Gate, api: BatchApi) -> APIRouter:
     @router.post("/v1/batches", summary="Create a batch from an uploaded input file", openapi_extra=_CREATE_SCHEMA)
     async def create_batch(request: Request) -> dict[str, Any]:
         caller = gate.authenticate(request.headers.get("authorization"))
-        body = decode_json(await read_small_body(request, MAX_CREATE_BODY_BYTES))
+        raw = await read_small_body(request, MAX_CREATE_BODY_BYTES)
+        if not raw.strip():
+            raise BadRequest(f"the request body is empty; send {_CREATE_SHAPE}")
+        body = decode_json(raw)
         now = time.time()
         job = new_job(caller.tenant, body, now, api.settings.batch_max_window_hours)
         try:
@@ -359,8 +365,7 @@ def batch_router(gate: Gate, api: BatchApi) -> APIRouter:
 def new_job(tenant: str, body: Any, now: float, max_window_hours: int) -> BatchJob:
     """The job a ``POST /v1/batches`` body asks for (not stored yet): 400s naming the field."""
     if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object: {\"input_file_id\", \"endpoint\", \"completion_window\", "
-                         "\"metadata\"}")
+        raise BadRequest(f"the body must be {_CREATE_SHAPE}")
     unknown = sorted(set(body) - _CREATE_FIELDS)
     if unknown:
         raise BadRequest(f"{unknown[0][:80]}: unknown field", param=unknown[0][:80], code="unknown_parameter")
