@@ -1,7 +1,8 @@
 """``python -m services.accounting``: run the accounting service.
 
-``python -m services.accounting report [--tenant T] [--since UNIX]`` prints the usage totals
-straight from the ledger database (no bus needed), e.g. to check the savings after a benchmark.
+``python -m services.accounting report [--tenant T] [--since UNIX] [--job BATCH_ID]`` prints the
+usage totals straight from the ledger database (no bus needed), e.g. to check the savings after a
+benchmark, or what one batch cost.
 
 ``python -m services.accounting migrate`` brings the ledger database to the newest schema
 revision, as the service does at start-up; ``--sql [--from REV]`` prints that SQL instead, for a
@@ -34,6 +35,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     report = commands.add_parser("report", help="print usage totals from the ledger database")
     report.add_argument("--tenant", help="only this tenant")
     report.add_argument("--since", type=float, metavar="UNIX", help="only requests at or after this time")
+    report.add_argument("--job", metavar="BATCH_ID", help="only the items of this batch")
     migrate = commands.add_parser("migrate", help="bring the ledger database to the newest schema revision")
     migrate.add_argument("--sql", action="store_true",
                          help="print the SQL instead of running it (nothing is connected to)")
@@ -72,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = settings_or_exit(AccountingSettings, "accounting")
     try:
         if args.command == "report":
-            sys.stdout.write(asyncio.run(report(settings, UsageQuery(tenant=args.tenant, since=args.since))))
+            sys.stdout.write(asyncio.run(report(settings, UsageQuery(tenant=args.tenant, since=args.since,
+                                                                    job_id=args.job))))
         elif args.command == "migrate" and args.sql:
             write_upgrade_sql(settings.database_url, sys.stdout, args.from_revision)
         elif args.command == "migrate":

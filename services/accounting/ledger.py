@@ -104,7 +104,8 @@ def _row(usage: UsageEvent, charge: Charge, recorded_at: datetime) -> dict[str, 
                                     "queue_seconds", "engine_seconds", "worker", "cache_outcome",
                                     "cache_similarity", "cache_source_tier", "cache_shadow",
                                     "cache_shadow_similarity", "cache_shadow_match", "route_policy",
-                                    "route_score", "route_threshold", "fallback_from", "escalated_from"}),
+                                    "route_score", "route_threshold", "fallback_from", "escalated_from",
+                                    "job_id"}),
         **counts,
         **signed,
         # The tier the counterfactual was priced on (the event's, unless that one has no price).
@@ -180,7 +181,8 @@ class Ledger:
 
     async def totals(self, query: UsageQuery) -> UsageReport:
         """Totals per tenant and tier, and the shadow policies' comparison, of requests that
-        occurred at or after ``query.since`` (see ``services.accounting.reports``)."""
+        occurred at or after ``query.since`` (of ``query.tenant`` and of ``query.job_id``'s items
+        when set; see ``services.accounting.reports``)."""
         async with self._engine.connect() as conn:
             return await reports.usage_report(conn, query)
 

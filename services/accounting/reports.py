@@ -31,6 +31,8 @@ def _filtered(stmt: Select[Any], query: UsageQuery) -> Select[Any]:
         stmt = stmt.where(UsageRecord.tenant == query.tenant)
     if query.since is not None:
         stmt = stmt.where(UsageRecord.occurred_at >= utc_from_unix(query.since))
+    if query.job_id is not None:
+        stmt = stmt.where(UsageRecord.job_id == query.job_id)
     return stmt
 
 

@@ -100,6 +100,8 @@ class UsageRecord(Base):
     # Revision 0004: the cascade (a weak attempt that failed the cheap check, charged on top).
     escalated_from: Mapped[str | None] = mapped_column(String, nullable=True)
     cascade_saved_nanousd: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # Revision 0005: the bulk job (batch id) a request was an item of, for a job's totals.
+    job_id: Mapped[str | None] = mapped_column(String, nullable=True, index=True)
 
 
 class RouteShadowRecord(Base):

@@ -85,7 +85,7 @@ def answered_without_model(env: TaskEnvelope, reply: Final | ErrorReply, answere
     return UsageEvent(
         request_id=env.request_id, tenant=env.tenant, api_key_id=env.api_key_id, model=env.route.model,
         tier=env.route.tier, priority=env.priority, status="ok" if isinstance(reply, Final) else "error",
-        prompt_tokens=0, completion_tokens=0, worker=answered_by, occurred_at=time.time(),
+        prompt_tokens=0, completion_tokens=0, worker=answered_by, occurred_at=time.time(), job_id=env.job_id,
         **cache_usage(note), **route_usage(env.route),
     )
 

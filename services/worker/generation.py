@@ -116,6 +116,7 @@ def _usage(env: TaskEnvelope, who: WorkerIdentity, status: str, last: EngineStep
         engine_seconds=engine_s,
         worker=who.worker_id,
         occurred_at=time.time(),
+        job_id=env.job_id,
         **cache_usage(env.cache, text),
         **route_usage(env.route),
     )

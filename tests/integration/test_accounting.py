@@ -209,3 +209,32 @@ async def test_consumer_follows_the_settings_of_the_latest_start(fresh_nats_serv
     async with running(settings_for(fresh_nats_server, tmp_path, ack_wait_s=45.0, max_deliveries=9)):
         config = (await js.consumer_info(USAGE_STREAM.name, ACCOUNTING_DURABLE)).config
         assert (config.ack_wait, config.max_deliver) == (45.0, 9)
+
+
+async def test_a_jobs_items_are_charged_once_each_and_its_query_gives_its_totals(
+        accounting: AccountingService, nc: NatsClient) -> None:
+    js = nc.jetstream()
+    items = [usage(f"batch_x-{i}").model_copy(update={"job_id": "batch_x"}) for i in range(3)]
+    for event in items:
+        await publish(js, event.model_dump_json().encode(), msg_id=f"usage-{event.request_id}")
+    # Item 1 again, past JetStream's dedup (another id): redelivered to accounting, charged once.
+    await publish(js, items[1].model_dump_json().encode(), msg_id="usage-batch_x-1-again")
+    await publish(js, usage("alone").model_dump_json().encode())
+    last, _ = await publish(js, usage("b-0", tenant="beta").model_copy(update={"job_id": "batch_x"})
+                            .model_dump_json().encode())
+    await consumed(js, last)
+    rows = await ledger_of(accounting).requests([e.request_id for e in items])
+    # Each at the batch price: 44,000 nano-dollars in full on small (400 cached), 22,000 charged.
+    assert sorted((r.request_id, r.job_id, r.cost_nanousd, r.bulk_saved_nanousd) for r in rows) == [
+        (e.request_id, "batch_x", 22_000, 22_000) for e in items]
+
+    async def query(q: UsageQuery) -> UsageReport:
+        reply = await nc.request(USAGE_QUERY_SUBJECT, q.model_dump_json().encode(), timeout=5)
+        return UsageReport.model_validate_json(reply.data)
+
+    job = await query(UsageQuery(tenant="acme", job_id="batch_x"))
+    assert [(r.tenant, r.requests, r.completion_tokens, r.cost_usd, r.bulk_saved_usd) for r in job.rows] == [
+        ("acme", 3, 300, "0.000066000", "0.000066000")]  # 3 x 22,000: the sum of its items
+    assert [(s.policy, s.requests) for s in job.shadow] == [("strict", 3)]
+    assert [r.requests for r in (await query(UsageQuery(tenant="acme"))).rows] == [4]
+    assert [r.requests for r in (await query(UsageQuery(tenant="beta", job_id="batch_x"))).rows] == [1]

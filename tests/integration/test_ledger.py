@@ -283,6 +283,56 @@ async def test_the_table_shows_levers_and_shadow_policies(ledger: Ledger) -> Non
                                                  "50%", "0.007000", "0.003560", "+96.6%"]
 
 
+# --- bulk jobs: one charge per item, at the batch price, and the job's total ----------------------
+def item(job: str, index: int, tenant: str = "acme", tier: str = "small", prompt: int = 1000,
+         completion: int = 100) -> UsageEvent:
+    """Item ``index`` of bulk job ``job``: its request id is the batch service's ``<job>-<index>``."""
+    return usage(f"{job}-{index}", tenant=tenant, tier=tier, prompt=prompt, completion=completion).model_copy(
+        update={"priority": Priority.BULK, "job_id": job, "counterfactual_tier": tier})
+
+
+async def test_a_redelivered_item_is_charged_once_at_the_batch_price(ledger: Ledger) -> None:
+    first = item("batch_a", 0)
+    assert await record(ledger, first) is True
+    # Redelivered (the worker re-ran it after a crash: other figures): the first charge stands.
+    assert await record(ledger, item("batch_a", 0, completion=900)) is False
+    [row] = await ledger.requests(["batch_a-0"])
+    # small: 1000 * 0.05 + 100 * 0.10 $/M = 60,000 nano-dollars in full; batch_discount 0.5.
+    assert (row.job_id, row.priority, row.cost_nanousd, row.reference_nanousd, row.bulk_saved_nanousd) == (
+        "batch_a", "bulk", 30_000, 60_000, 30_000)
+    [total] = (await ledger.totals(UsageQuery(job_id="batch_a"))).rows
+    assert (total.requests, total.completion_tokens, total.cost_usd, total.bulk_saved_usd) == (
+        1, 100, "0.000030000", "0.000030000")
+
+
+async def test_a_jobs_totals_are_the_sum_of_its_items_and_nothing_else(ledger: Ledger) -> None:
+    items = [item("batch_a", 0), item("batch_a", 1, prompt=2000, completion=50),
+             item("batch_a", 2, tier="large", prompt=1000, completion=100)]
+    for event in items:
+        assert await record(ledger, event) is True
+    assert await record(ledger, items[1]) is False  # a redelivery
+    # Not the job's: an interactive request, another job's item, another tenant's request that
+    # names the same job id (a tenant never sees another's usage, whatever id it asks for).
+    await record(ledger, usage("alone", prompt=1000, completion=100))
+    await record(ledger, item("batch_b", 0))
+    await record(ledger, item("batch_a", 7, tenant="beta"))
+    report = await ledger.totals(UsageQuery(tenant="acme", job_id="batch_a"))
+    assert [(r.tenant, r.tier, r.requests, r.prompt_tokens, r.completion_tokens, r.cost_usd, r.reference_cost_usd,
+             r.bulk_saved_usd) for r in report.rows] == [
+        # large: 1000 * 2.50 + 100 * 10.00 $/M = 3,500,000 in full, half of it charged.
+        ("acme", "large", 1, 1000, 100, "0.001750000", "0.003500000", "0.001750000"),
+        # small: 60,000 and 2000 * 0.05 + 50 * 0.10 = 105,000 in full, half of each charged.
+        ("acme", "small", 2, 3000, 150, "0.000082500", "0.000165000", "0.000082500")]
+    rows = await ledger.requests([e.request_id for e in items])
+    job_cost = sum(Decimal(r.cost_usd) for r in report.rows)
+    assert job_cost * 10**9 == sum(r.cost_nanousd for r in rows) == sum(BOOK.price(e).cost_nanousd for e in items)
+    # Every request of the tenant, the job's and the others, still adds up as before.
+    everything = await ledger.totals(UsageQuery(tenant="acme"))
+    assert sum(r.requests for r in everything.rows) == 5
+    assert (await ledger.totals(UsageQuery(tenant="beta", job_id="batch_b"))).rows == []
+    assert (await ledger.totals(UsageQuery(job_id="batch_none"))).rows == []
+
+
 # --- the report command ---------------------------------------------------------------------
 async def test_report_prints_the_totals_table(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/ledger.db"
@@ -318,3 +368,19 @@ def test_report_command_on_an_empty_ledger(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("SF_DATABASE_URL", f"sqlite:///{tmp_path}/new/ledger.db")
     main(["report", "--since", "0"])
     assert capsys.readouterr().out == "no usage recorded yet\n"
+
+
+async def test_report_command_for_one_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/ledger.db"
+    engine = make_engine(url)
+    ledger = Ledger(engine)
+    await ledger.create_schema()
+    for event in (item("batch_a", 0), item("batch_a", 1), item("batch_b", 0), usage("alone")):
+        await record(ledger, event)
+    await engine.dispose()
+    monkeypatch.setenv("SF_DATABASE_URL", url)
+    await asyncio.to_thread(main, ["report", "--job", "batch_a"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].split() == ["acme", "small", "2", "2000", "0", "200", "0.000060", "0.000120", "50.0%"]
+    assert [line.split()[:2] for line in lines[2:4]] == [["acme", "small"], []]  # the job's one row only

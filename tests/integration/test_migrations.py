@@ -153,7 +153,8 @@ async def test_migrations_build_what_the_models_declare(new_engine: EngineFactor
         indexes = await conn.run_sync(lambda c: {ix["name"]: ix["column_names"]
                                                  for ix in inspect(c).get_indexes("usage_records")})
     assert indexes == {"ix_usage_records_occurred_at": ["occurred_at"],
-                       "ix_usage_records_tenant_occurred": ["tenant", "occurred_at"]}
+                       "ix_usage_records_tenant_occurred": ["tenant", "occurred_at"],
+                       "ix_usage_records_job_id": ["job_id"]}
 
 
 async def test_a_ledger_made_before_migrations_is_adopted_with_its_rows(new_engine: EngineFactory) -> None:
@@ -169,6 +170,37 @@ async def test_a_ledger_made_before_migrations_is_adopted_with_its_rows(new_engi
     assert {name: getattr(row, name) for name in OLD_ROW} == OLD_ROW
     async with engine.connect() as conn:
         await conn.run_sync(check_models_match)  # what it held was revision 0001 indeed
+
+
+async def migrate_to(engine: AsyncEngine, revision: str, down: bool = False) -> None:
+    """Run Alembic up (or down) to ``revision`` on ``engine``, as a developer would."""
+    move = command.downgrade if down else command.upgrade
+    async with engine.begin() as conn:
+        await conn.run_sync(lambda c: move(alembic_config(connection=c), revision))
+
+
+async def usage_columns(engine: AsyncEngine) -> set[str]:
+    async with engine.connect() as conn:
+        return await conn.run_sync(lambda c: {col["name"] for col in inspect(c).get_columns("usage_records")})
+
+
+async def test_revision_0005_adds_the_job_to_a_ledger_with_rows_and_comes_off_again(
+        new_engine: EngineFactory) -> None:
+    engine = new_engine()
+    await migrate_to(engine, "0004")
+    async with engine.begin() as conn:
+        await conn.execute(todays_metadata().tables["usage_records"].insert().values(**OLD_ROW))
+    assert "job_id" not in await usage_columns(engine)
+    assert await upgrade_ledger(engine) == HEAD
+    ledger = Ledger(engine)
+    old = await ledger.get("before-migrations")
+    assert old is not None and old.job_id is None  # a request on its own
+    await ledger.record(usage("item-0").model_copy(update={"job_id": "batch_1"}), Charge(3, 6))
+    item = await ledger.get("item-0")
+    assert item is not None and item.job_id == "batch_1"
+    await migrate_to(engine, "0004", down=True)
+    assert "job_id" not in await usage_columns(engine)
+    assert await revision_of(engine) == ["0004"]
 
 
 async def test_replicas_starting_at_once_migrate_once(new_engine: EngineFactory) -> None:
@@ -252,6 +284,8 @@ def test_migrate_sql_prints_the_schema_without_connecting(monkeypatch: pytest.Mo
                       "ALTER TABLE usage_records ADD COLUMN cache_saved_nanousd BIGINT DEFAULT '0' NOT NULL",
                       "ALTER TABLE usage_records ADD COLUMN routing_saved_nanousd BIGINT DEFAULT '0' NOT NULL",
                       "CREATE TABLE usage_route_shadow",
+                      "ALTER TABLE usage_records ADD COLUMN job_id VARCHAR",
+                      "CREATE INDEX ix_usage_records_job_id ON usage_records (job_id)",
                       f"UPDATE alembic_version SET version_num='{HEAD}'", "COMMIT;"):
         assert statement in sql
     with pytest.raises(SystemExit):

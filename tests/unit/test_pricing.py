@@ -119,6 +119,21 @@ def test_shipped_price_book_loads() -> None:
     assert book.tiers["small"].input_per_mtok == Decimal("0.05")
 
 
+@pytest.mark.parametrize("book_file", ["pricebook.yaml", "pricebook.compose.yaml"])
+def test_a_batch_item_costs_its_tiers_price_times_the_batch_discount(book_file: str) -> None:
+    """What a bulk job's item is charged with each shipped price book: the tier's price, times its
+    discount; the job it belongs to changes nothing."""
+    book = load_config_file(ROOT / "infra/config" / book_file, PriceBook)
+    for name, tier in book.tiers.items():
+        one = usage(tier=name, prompt=1000, cached=400, completion=100)
+        item = one.model_copy(update={"priority": Priority.BULK, "job_id": "batch_1"})
+        full = (600 * tier.input_per_mtok + 400 * tier.cached_input_per_mtok + 100 * tier.output_per_mtok) * 1000
+        charge = book.price(item)
+        assert charge.cost_nanousd == round(full * tier.batch_discount), name
+        assert charge.bulk_saved_nanousd == book.price(one).cost_nanousd - charge.cost_nanousd, name
+        assert charge == book.price(item.model_copy(update={"job_id": None})), name
+
+
 # --- config errors name the key -------------------------------------------------------------
 def write_book(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "pricebook.yaml"
