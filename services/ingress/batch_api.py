@@ -318,7 +318,7 @@ def batch_router(gate: Gate, api: BatchApi) -> APIRouter:
             raise BadRequest(f"the request body is empty; send {_CREATE_SHAPE}")
         body = decode_json(raw)
         now = time.time()
-        job = new_job(caller.tenant, body, now, api.settings.batch_max_window_hours)
+        job = new_job(caller.tenant, body, now, api.settings.batch_max_window_hours, caller.key_id)
         try:
             stored = await live_file(caller.tenant, job.input_file_id)
         except NotFound:
@@ -362,8 +362,9 @@ def batch_router(gate: Gate, api: BatchApi) -> APIRouter:
     return router
 
 
-def new_job(tenant: str, body: Any, now: float, max_window_hours: int) -> BatchJob:
-    """The job a ``POST /v1/batches`` body asks for (not stored yet): 400s naming the field."""
+def new_job(tenant: str, body: Any, now: float, max_window_hours: int, api_key_id: str = "") -> BatchJob:
+    """The job a ``POST /v1/batches`` body asks for (not stored yet), created with the key
+    ``api_key_id`` (its items are charged to it): 400s naming the field."""
     if not isinstance(body, dict):
         raise BadRequest(f"the body must be {_CREATE_SHAPE}")
     unknown = sorted(set(body) - _CREATE_FIELDS)
@@ -374,9 +375,11 @@ def new_job(tenant: str, body: Any, now: float, max_window_hours: int) -> BatchJ
             raise BadRequest(f"{name}: missing", param=name, code="missing_required_parameter")
         if not isinstance(body[name], str) or not body[name]:
             raise BadRequest(f"{name}: must be a non-empty string", param=name, code="invalid_type")
+    keep_s = None
     if body.get("output_expires_after") is not None:
-        # Checked so that a wrong value is a 400; the batch service applies its configured expiry.
-        output_expiry(int(now), body["output_expires_after"], 0)
-    return BatchJob.create(tenant=tenant, input_file_id=body["input_file_id"], now=now, endpoint=body["endpoint"],
-                           completion_window=body["completion_window"], metadata=body.get("metadata"),
-                           max_window_hours=max_window_hours)
+        keep_s = output_expiry(0, body["output_expires_after"], 0)
+    job = BatchJob.create(tenant=tenant, input_file_id=body["input_file_id"], now=now, endpoint=body["endpoint"],
+                          completion_window=body["completion_window"], metadata=body.get("metadata"),
+                          max_window_hours=max_window_hours)
+    job.api_key_id, job.output_expires_after_s = api_key_id, keep_s
+    return job

@@ -3,6 +3,7 @@ nats-server: uploads, downloads, batches created, listed and cancelled, every on
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -23,7 +24,8 @@ from services.batch.job_store import JobStore
 from services.batch.store import FileStore
 from services.ingress.service import IngressService
 from services.shared.broker import ensure_streams
-from tests.integration.conftest import running_ingress
+from tests.integration.conftest import running_ingress, running_worker
+from tests.support.batch import running_batch
 from tests.support.natsd import NatsServer
 
 pytestmark = pytest.mark.integration
@@ -128,6 +130,8 @@ async def test_a_batch_is_created_started_listed_and_cancelled(api: Api, nc: Cli
     stored = await nc.jetstream().get_last_msg(BATCH_START_STREAM.name, BATCH_START_SUBJECT)
     assert BatchStart.model_validate_json(stored.data or b"") == BatchStart(tenant="demo", batch_id=batch.id)
     assert (stored.headers or {}).get("Nats-Msg-Id") == f"start-{batch.id}"
+    job = await (await JobStore.open(nc.jetstream())).get("demo", batch.id)
+    assert job.api_key_id == "demo-dev"  # its items are charged to the key that created it
 
     # The raw Batch object carries skinflint's progress, and the SDK's model still parses it.
     raw = (await api.raw.get(f"/v1/batches/{batch.id}")).json()
@@ -310,3 +314,36 @@ async def test_a_start_that_cannot_be_published_is_a_503_and_the_job_waits(api: 
     message = error_of(unavailable.value)["message"]
     batch_id = message.split()[1]
     assert (await api.demo.batches.retrieve(batch_id)).status == "validating"
+
+
+async def test_the_sdk_runs_a_batch_end_to_end(fresh_nats_server: NatsServer) -> None:
+    """What an OpenAI Batch API user does, unchanged: upload, create, poll, download the output,
+    with the batch service and a worker (fake engine) behind ingress."""
+    url = fresh_nats_server.url
+    data = line("one") + b"{not json\n" + line("two")
+    async with running_worker(url), running_batch(url, pipeline=["infer"]), \
+            running_ingress(url, pipeline=["infer"]) as (service, raw):
+        api = Api(service, raw)
+        client = api.demo
+        file_id = (await client.files.create(file=("in.jsonl", data), purpose="batch")).id
+        batch = await client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+                                            completion_window="24h")
+        for _attempt in range(600):
+            batch = await client.batches.retrieve(batch.id)
+            if batch.status in ("completed", "failed", "expired", "cancelled"):
+                break
+            await asyncio.sleep(0.1)
+        assert batch.status == "completed", batch
+        assert batch.request_counts is not None
+        assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (3, 2, 1)
+        assert batch.output_file_id and batch.error_file_id
+        output = (await client.files.content(batch.output_file_id)).content.splitlines()
+        answers = {json.loads(x)["custom_id"]: json.loads(x)["response"] for x in output}
+        assert set(answers) == {"one", "two"}
+        assert all(a["status_code"] == 200 and a["body"]["object"] == "chat.completion" for a in answers.values())
+        errors = [json.loads(x) for x in (await client.files.content(batch.error_file_id)).content.splitlines()]
+        assert [e["error"]["code"] for e in errors] == ["invalid_json_line"]
+        output_file = await client.files.retrieve(batch.output_file_id)
+        assert output_file.purpose == "batch_output" and output_file.expires_at is not None
+        progress = (await raw.get(f"/v1/batches/{batch.id}")).json()["skinflint"]["progress"]
+        assert progress["pending"] == 0 and progress["eta_s"] == 0

@@ -21,7 +21,11 @@ def test_a_good_body_makes_a_validating_job() -> None:
     assert (job.tenant, job.input_file_id, job.status, job.metadata) == ("acme", "file-abc", BatchStatus.VALIDATING,
                                                                          {"k": "v"})
     assert job.expires_at == int(NOW) + 24 * 3600
-    assert new_job("acme", {**GOOD, "completion_window": "72h"}, NOW, 168).expires_at == int(NOW) + 72 * 3600
+    assert job.output_expires_after_s is None and job.api_key_id == ""
+    longer = new_job("acme", {**GOOD, "completion_window": "72h",
+                              "output_expires_after": {"anchor": "created_at", "seconds": 7200}}, NOW, 168, "acme-dev")
+    assert longer.expires_at == int(NOW) + 72 * 3600
+    assert longer.output_expires_after_s == 7200 and longer.api_key_id == "acme-dev"
 
 
 @pytest.mark.parametrize(("body", "param"), [
