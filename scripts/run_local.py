@@ -1,4 +1,9 @@
-"""`make run`: nats-server, accounting, a worker and ingress on this machine; Ctrl-C stops all.
+"""`make run`: nats-server, accounting, the cache, the classifier, the batch service, the workers
+and ingress on this machine; Ctrl-C stops all.
+
+nats-server runs with infra/nats/nats.conf: its users and subject permissions (infra/nats/README.md).
+The services connect as its services user, with SF_NATS_SERVICE_PASSWORD or, when that is not set,
+a password drawn for this run; tenants' bulk jobs come in as users.conf's tenant users.
 
 A supervisor: a process that stops on its own is started again (after 1 s, doubling up to 30 s
 while it keeps failing soon after each start), and what it left running (a worker's engine
@@ -6,9 +11,10 @@ processes) is killed first; one that stops because its configuration is wrong (e
 stops everything. If the launcher itself dies, everything it started gets SIGTERM.
 
 Environment: SF_PORT (HTTP port, default 8000), SF_NATS_PORT (default 4222; a free port is used
-if that one is taken), SF_VAR_DIR (logs, ledger and JetStream store; default var/), SF_VERBOSE=1
-(echo every line, not only the services' own; all lines are in the logs either way), and any
-SF_* setting of the services (see services/*/settings.py).
+if that one is taken), SF_NATS_SERVICE_PASSWORD (default: a random one per run), SF_VAR_DIR
+(logs, ledger and JetStream store; default var/), SF_VERBOSE=1 (echo every line, not only the
+services' own; all lines are in the logs either way), and any SF_* setting of the services (see
+services/*/settings.py).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from services.shared.sched import cpu_list
 from services.shared.settings import ConfigError, load_settings
 from services.shared.tiers import TiersFile, load_tiers
-from services.stack import ROOT, Stack, printer
+from services.stack import NATS_CONFIG, NATS_PASSWORD_PATTERN, ROOT, Stack, printer
 
 BANNER = """
   skinflint is up.
@@ -39,6 +45,8 @@ BANNER = """
     Demo            : make demo
     Usage table     : curl -s 'http://127.0.0.1:{port}/v1/usage?format=table' \\
                         -H 'Authorization: Bearer sk-skinflint-demo'
+    Bus (bulk jobs) : {nats}  user demo, password sf-bus-demo-dev, inbox_prefix _INBOX_demo
+                      (publish on sf.v1.bulk.in.demo.<job>: infra/nats/README.md)
     Logs            : {log}/*.log      Spans: {log}/traces-*.jsonl
   A service that stops is started again. Ctrl-C stops everything (services drain first).
 """
@@ -53,6 +61,9 @@ class LauncherSettings(BaseSettings):
     nats_port: int = Field(default=4222, ge=1, le=65535,
                            description="nats-server's port (a free one when it is taken).")
     var_dir: Path = Field(default=ROOT / "var", description="Logs, the SQLite ledger, JetStream's store.")
+    nats_service_password: str | None = Field(
+        default=None, pattern=NATS_PASSWORD_PATTERN,
+        description="The services' password on nats-server (letters, digits, - . _ ~; default: a random one per run).")
     verbose: bool = Field(default=False, description="Echo every line, not only the services' own.")
     tiers_file: str = Field(default="infra/config/tiers.yaml", description="The tiers every service reads.")
     local_upstream: str = Field(
@@ -101,8 +112,8 @@ def main() -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        url = stack.start_nats(settings.nats_port)
-        print(f"==> nats-server with JetStream at {url}", flush=True)
+        stack.start_nats(settings.nats_port, config=NATS_CONFIG, service_password=settings.nats_service_password)
+        print(f"==> nats-server with JetStream at {stack.public_nats_url} (users: infra/nats/users.conf)", flush=True)
         if provider_port is not None:
             stack.start_vllm_serve(provider_port)
             print(f"==> vllm serve for tier {settings.local_upstream!r} on port {provider_port}", flush=True)
@@ -110,6 +121,7 @@ def main() -> None:
                                                            ("cache", "services.cache", {})]
         if tiers.routing is not None:
             services.append(("classifier", "services.classifier", {}))
+        services.append(("batch", "services.batch", {}))
         services += [(name, "services.worker", {"SF_TIER": tier}) for name, tier in workers(tiers).items()]
         for name, module, extra in services:
             stack.start_service(name, module, {"SF_OTEL_CONSOLE_PATH": str(var / "log" / f"traces-{name}.jsonl"),
@@ -122,7 +134,8 @@ def main() -> None:
         if stack.request_path_cpus:
             print(f"==> nats-server and the services run on CPU {cpu_list(stack.request_path_cpus)}, "
                   "off the cores vLLM computes on", flush=True)
-        print(BANNER.format(port=http_port, log=var / "log", models=", ".join(tiers.models)), flush=True)
+        print(BANNER.format(port=http_port, log=var / "log", models=", ".join(tiers.models),
+                            nats=stack.public_nats_url), flush=True)
         while not stop.wait(1.0):
             for event in stack.supervise_once():
                 print(f"==> {event}", flush=True)

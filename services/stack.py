@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -77,6 +78,36 @@ def nats_server_binary() -> str:
     return found
 
 
+#: The bus's configuration with users and subject permissions (``make run``, docker-compose.yml).
+NATS_CONFIG = ROOT / "infra" / "nats" / "nats.conf"
+#: The user every skinflint service connects as (infra/nats/users.conf); its password is read by
+#: that configuration from this environment variable.
+NATS_SERVICE_USER = "skinflint"
+NATS_SERVICE_PASSWORD_ENV = "SF_NATS_SERVICE_PASSWORD"
+
+
+def nats_server_argv(port: int, store_dir: Path | str, config: Path | None = None) -> list[str]:
+    """``nats-server`` on 127.0.0.1:``port`` with JetStream storing in ``store_dir``: bare (anyone
+    may do anything) or with ``config`` (its users and permissions; monitoring on a random port)."""
+    configured = ["-c", str(config), "-m", "-1"] if config is not None else []
+    return [nats_server_binary(), *configured, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)]
+
+
+#: What a password in a NATS URL may hold: nats-py does not decode a URL-encoded one, and the
+#: services split SF_NATS_URL at commas.
+NATS_PASSWORD_PATTERN = r"^[A-Za-z0-9._~-]+$"
+
+
+def nats_url(port: int, user: str | None = None, password: str | None = None) -> str:
+    """``nats://[user:password@]127.0.0.1:port``. Raises ValueError for a password that does not
+    match ``NATS_PASSWORD_PATTERN``."""
+    if user is None:
+        return f"nats://127.0.0.1:{port}"
+    if not re.fullmatch(NATS_PASSWORD_PATTERN, password or ""):
+        raise ValueError("a NATS password in a URL may hold only letters, digits and - . _ ~")
+    return f"nats://{user}:{password}@127.0.0.1:{port}"
+
+
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -132,7 +163,10 @@ class Stack:
     env: dict[str, str] = field(default_factory=dict)
     echo: Callable[[str, str], None] | None = None
     procs: dict[str, Proc] = field(default_factory=dict)
+    #: Where the services reach the bus, with the services user's credentials when it has users.
     nats_url: str = ""
+    #: The same without credentials: what may be printed.
+    public_nats_url: str = ""
     http_port: int = 0
     #: Where ``wait_ready`` put the processes started here, but the workers (empty: anywhere).
     request_path_cpus: frozenset[int] = frozenset()
@@ -171,17 +205,27 @@ class Stack:
                 if self.echo is not None:
                     self.echo(proc.name, line)
 
-    def start_nats(self, port: int = 4222) -> str:
-        """Our own nats-server with JetStream on ``port`` (or a free one if that is taken)."""
+    def start_nats(self, port: int = 4222, config: Path | None = None, service_password: str | None = None) -> str:
+        """Our own nats-server with JetStream on ``port`` (or a free one if that is taken).
+
+        Bare by default: anyone may connect and do anything. With ``config`` (``NATS_CONFIG``) it
+        has that configuration's users and permissions, and the services connect as
+        ``NATS_SERVICE_USER`` with ``service_password`` (a random one when None): it is in
+        ``nats_url`` and SF_NATS_URL, so print ``public_nats_url`` instead. Returns ``nats_url``."""
         if not port_is_free(port):
             port = free_port()
         store = self.var_dir / "jetstream"
         store.mkdir(parents=True, exist_ok=True)
-        proc = self._spawn("nats", [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js",
-                                    "-sd", str(store)])
+        extra: dict[str, str] = {}
+        if config is not None:
+            service_password = service_password or secrets.token_urlsafe(24)
+            extra[NATS_SERVICE_PASSWORD_ENV] = service_password
+        proc = self._spawn("nats", nats_server_argv(port, store, config), extra)
         wait_for_port(port, proc.process, 15)
         self._nats_slice(proc)
-        self.nats_url = f"nats://127.0.0.1:{port}"
+        self.public_nats_url = nats_url(port)
+        self.nats_url = nats_url(port, NATS_SERVICE_USER, service_password) if config is not None \
+            else self.public_nats_url
         self.env["SF_NATS_URL"] = self.nats_url
         return self.nats_url
 
@@ -364,7 +408,7 @@ def printer(out: IO[str] = sys.stdout, everything: bool = False) -> Callable[[st
     """Console echo of the services' output. Unless ``everything``, third-party chatter (vLLM's
     start-up warnings, framework banners) is left to the log files."""
     colours = {"nats": 90, "ingress": 36, "worker": 35, "accounting": 33, "cache": 32, "classifier": 34,
-               "worker-large": 95, "vllm-serve": 95}
+               "batch": 94, "worker-large": 95, "vllm-serve": 95}
     lock = threading.Lock()
     tty = out.isatty()
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
-from services.stack import free_port, nats_server_binary, wait_for_port
+from services.stack import free_port, nats_server_argv, wait_for_port
 
 
 @dataclass
@@ -32,11 +34,14 @@ class NatsServer:
         shutil.rmtree(self.store_dir, ignore_errors=True)
 
 
-def start_nats_server(port: int | None = None) -> NatsServer:
+def start_nats_server(port: int | None = None, config: Path | None = None,
+                      env: dict[str, str] | None = None) -> NatsServer:
+    """A bare server (anyone may do anything), or one with ``config``'s users and permissions;
+    ``env`` is added to the server's environment (variables the configuration reads)."""
     port = port or free_port()
     store = tempfile.mkdtemp(prefix="sf-nats-")
     proc = subprocess.Popen(
-        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", store],
+        nats_server_argv(port, store, config), env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
