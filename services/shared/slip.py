@@ -3,7 +3,8 @@
 Plain functions decide where an envelope goes; ``StageHop`` performs the hand-off over NATS as
 a request (on the request path's lane, ``services.shared.lane``), so that the sender learns at
 once whether anybody took the task (NATS answers "no responders" when no replica of the next
-stage is subscribed).
+stage is subscribed). A bulk task bound for inference is the exception: it is stored in its
+tier's JetStream work queue (``SF_BULK``), where workers pull it into the slots chat leaves free.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ import time
 from collections.abc import Mapping
 
 from faststream.nats import NatsBroker
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.client import JetStreamContext
 
-from contracts.subjects import CACHE_STAGE, INFER_STAGE, infer_subject, stage_subject
+from contracts.subjects import BULK_STREAM, CACHE_STAGE, INFER_STAGE, Priority, infer_subject, stage_subject
 from contracts.v1 import CacheNote, CacheOutcome, HopAck, StageMark, TaskEnvelope
 from services.shared import metrics
 from services.shared.errors import SkinflintError, Timeout, Unavailable
-from services.shared.lane import request_hop
+from services.shared.lane import request_hop, trace_headers
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,15 @@ def with_tier(env: TaskEnvelope, tier: str) -> TaskEnvelope:
     return env.model_copy(update={"route": route})
 
 
+def is_bulk_inference(env: TaskEnvelope) -> bool:
+    """Whether ``env`` goes to inference as bulk work: queued in JetStream, not handed to a worker."""
+    return current_stage(env) == INFER_STAGE and env.priority is Priority.BULK
+
+
+#: The acknowledgement of a bulk task stored in its tier's work queue: nobody holds it yet.
+QUEUED_INSTANCE = "jetstream"
+
+
 def mark_arrival(env: TaskEnvelope, stage: str, instance: str) -> None:
     env.marks.append(StageMark(stage=stage, instance=instance, arrived_at=time.time()))
 
@@ -91,6 +103,11 @@ class StageHop:
 
     A replica that is full answers ``accepted=False, retry=True``; the hop then asks again (the
     queue group picks a replica at random) a bounded number of times before giving up.
+
+    A bulk task for inference is published to JetStream instead (stream ``SF_BULK``, subject
+    ``infer_subject(tier, BULK)``, ``Nats-Msg-Id`` = its request id, so a repeated hand-off is
+    stored once); its acknowledgement is the stream's (``instance="jetstream"``, ``holds=False``).
+    It never falls back to another tier: it waits in the stream for a worker of its own.
     """
 
     def __init__(self, broker: NatsBroker, *, ack_timeout_s: float = 5.0, busy_retries: int = 8,
@@ -103,6 +120,7 @@ class StageHop:
         self._busy_retries = busy_retries
         self._busy_backoff_s = busy_backoff_s
         self._optional_ack_timeout_s = min(optional_ack_timeout_s, ack_timeout_s)
+        self._js: JetStreamContext | None = None
 
     async def deliver(self, env: TaskEnvelope) -> tuple[HopAck, TaskEnvelope]:
         """Deliver ``env`` along its itinerary; returns the acknowledgement and the envelope as
@@ -129,7 +147,9 @@ class StageHop:
             try:
                 return await self.send(env), env
             except Unavailable as exc:
-                fallback = self._fallbacks.get(env.route.tier) if current_stage(env) == INFER_STAGE else None
+                fallback = None
+                if current_stage(env) == INFER_STAGE and env.priority is not Priority.BULK:
+                    fallback = self._fallbacks.get(env.route.tier)
                 if fallback is None:
                     raise
                 log.warning("task %s: tier %r is unavailable (%s); its fallback %r answers", env.request_id,
@@ -142,11 +162,14 @@ class StageHop:
         """Deliver ``env`` to the stage at the head of its itinerary.
 
         Raises ``Unavailable`` when no replica of that stage runs or all stay full, ``Timeout``
-        when none answers in time, and the stage's own error when it refuses for good.
+        when none answers in time, and the stage's own error when it refuses for good. A bulk
+        task for inference raises ``Unavailable`` when JetStream does not store it in time.
         """
         stage = current_stage(env) or "?"
         subject = subject_for(env)
         timeout_s = self._ack_timeout_s if ack_timeout_s is None else ack_timeout_s
+        if is_bulk_inference(env):
+            return await self._enqueue_bulk(env, subject, timeout_s)
         retries = self._busy_retries if busy_retries is None else busy_retries
         for attempt in range(retries + 1):
             try:
@@ -167,3 +190,21 @@ class StageHop:
             if attempt < retries:
                 await asyncio.sleep(self._busy_backoff_s * (attempt + 1))
         raise Unavailable(f"every {stage!r} replica is at capacity; retry shortly", code="overloaded")
+
+    async def _enqueue_bulk(self, env: TaskEnvelope, subject: str, timeout_s: float) -> HopAck:
+        """Store ``env`` in its tier's bulk work queue and wait for JetStream's acknowledgement."""
+        if self._js is None:
+            self._js = self._broker.connection.jetstream()
+        headers = {**(trace_headers() or {}), "Nats-Msg-Id": env.request_id}
+        try:
+            ack = await self._js.publish(subject, env.model_dump_json().encode(), timeout=timeout_s,
+                                         stream=BULK_STREAM.name, headers=headers)
+        except (NatsError, TimeoutError) as exc:
+            what = f"{type(exc).__name__}: {exc}".rstrip(": ")
+            raise Unavailable(
+                f"bulk task {env.request_id} could not be queued for tier {env.route.tier!r} "
+                f"(stream {BULK_STREAM.name}: {what}); retry shortly"
+            ) from exc
+        if ack.duplicate:
+            log.info("bulk task %s was queued already (stream %s, seq %s)", env.request_id, ack.stream, ack.seq)
+        return HopAck(accepted=True, stage=INFER_STAGE, instance=QUEUED_INSTANCE)

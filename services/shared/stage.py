@@ -14,8 +14,9 @@ from typing import Any, TypeVar
 
 from faststream.nats import NatsBroker
 from nats.aio.subscription import Subscription
+from nats.js.client import JetStreamContext
 
-from contracts.subjects import cache_verdict_subject, stage_queue_group, stage_subject
+from contracts.subjects import BULK_RESULTS_STREAM, Priority, cache_verdict_subject, stage_queue_group, stage_subject
 from contracts.v1 import CacheNote, CacheOutcome, CacheVerdict, ErrorReply, Final, HopAck, TaskEnvelope
 from services.shared import lane, metrics
 from services.shared.errors import SkinflintError
@@ -83,6 +84,7 @@ class StageRunner:
         self._logic = logic
         self._hop = hop or StageHop(broker)
         self._usage = UsagePublisher(broker)
+        self._js: JetStreamContext | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._subscription: Subscription | None = None
 
@@ -108,6 +110,9 @@ class StageRunner:
         task on untouched (the skip recorded) instead of failing the request."""
         try:
             outcome = await self._decided(env, self._logic(env))
+            if isinstance(outcome, Overlap) and env.priority is Priority.BULK:
+                # Nobody holds a bulk task to wait for a verdict (it is queued in JetStream): decide first.
+                outcome = await self._decided(env, outcome.decide)
             if isinstance(outcome, Overlap):
                 await self._overlap(env, outcome)
                 return
@@ -184,13 +189,32 @@ class StageRunner:
             return Forward(skip_current(env, "failed", f"{type(exc).__name__}: {exc}"[:200]), advanced=True)
 
     async def _end(self, env: TaskEnvelope, reply: Final | ErrorReply, outcome: str) -> None:
-        """This stage ends the task: its one usage event first, then the reply (see ``UsagePublisher``)."""
+        """This stage ends the task: its one usage event first, then the reply (see ``UsagePublisher``).
+
+        A bulk task's reply is its result: stored in JetStream (``SF_BULK_RESULTS``, stored once
+        by its message id, as a worker stores it), after its usage event is stored."""
         metrics.STAGE_OUTCOMES.labels(self.name, env.priority.value, outcome).inc()
+        bulk = env.priority is Priority.BULK
         try:
-            await self._usage.publish(answered_without_model(env, reply, self.instance_id))
+            await self._usage.publish(answered_without_model(env, reply, self.instance_id), wait_stored=bulk)
         except Exception:
             log.exception("usage event of %s could not be sent", env.request_id)
-        await lane.publish(self._broker.connection, env.reply_subject, reply)
+        if bulk:
+            await self._store_result(env, reply)
+        else:
+            await lane.publish(self._broker.connection, env.reply_subject, reply)
+
+    async def _store_result(self, env: TaskEnvelope, reply: Final | ErrorReply) -> None:
+        """A bulk task's result into ``SF_BULK_RESULTS``. Not stored (JetStream down): logged; the
+        task's sender sees no result and hands the item on again (the one layer that retries)."""
+        if self._js is None:
+            self._js = self._broker.connection.jetstream()
+        headers = {**(lane.trace_headers() or {}), "Nats-Msg-Id": f"result-{env.request_id}"}
+        try:
+            await self._js.publish(env.reply_subject, reply.model_dump_json().encode(),
+                                   stream=BULK_RESULTS_STREAM.name, headers=headers)
+        except Exception:
+            log.exception("the result of bulk task %s could not be stored", env.request_id)
 
     async def drain(self) -> None:
         """Stop taking tasks and finish those taken; a second call does nothing more."""
