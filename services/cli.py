@@ -25,6 +25,7 @@ import typer
 from rich.console import Console
 
 from services.cache import quality
+from services.cli_batch import batch_app
 
 app = typer.Typer(help="skinflint: operate the LLM cost-cutting gateway.", no_args_is_help=True,
                   add_completion=False)
@@ -32,6 +33,7 @@ cache_app = typer.Typer(help="The cache stage: verifier quality, training, purge
 app.add_typer(cache_app, name="cache")
 router_app = typer.Typer(help="The router: train and evaluate the learned policy.", no_args_is_help=True)
 app.add_typer(router_app, name="router")
+app.add_typer(batch_app, name="batch")
 err = Console(stderr=True)
 
 UrlOption = Annotated[str, typer.Option("--url", envvar="SKINFLINT_URL", help="Ingress base URL.")]

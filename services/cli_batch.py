@@ -1,0 +1,515 @@
+"""``skinflint batch ...``: OpenAI batch jobs through a running skinflint, from a shell.
+
+- ``submit FILE [--wait]``: upload a batch input file, create the batch, print its id; with
+  ``--wait`` follow it with a progress bar, then download its output and error files.
+- ``status ID [--watch]``, ``list``, ``cancel ID``, ``download ID``.
+- ``publish FILE --job NAME --tenant T [--wait]``: the same file as a bus job on NATS
+  (``services.cli_batch_bus``), followed over HTTP like ``submit``.
+
+Every HTTP call goes through the official ``openai`` SDK against ``<url>/v1``: what works here
+works from any OpenAI client. The ingress comes from ``--url`` or ``SKINFLINT_URL`` (as for
+``skinflint usage``; a URL ending in ``/v1`` is taken as it is), the key from ``--api-key`` or
+``SKINFLINT_API_KEY``. Results go to stdout (a batch id, tables); progress and errors to stderr.
+
+Exit codes: 0 done (a followed batch ``completed``); 1 a followed batch ended ``failed``,
+``expired`` or ``cancelled``; 2 an error (the API refused, no answer, bad input), one red line;
+130 stopped waiting with Ctrl-C (the batch keeps running).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Any, Final, NoReturn, cast
+
+import openai
+import typer
+from openai.types import Batch
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from contracts.v1 import BulkEnd, bus_batch_id
+from services.cli_batch_bus import BusError, BusTarget, FileRefused, check_file, check_token, publish_job
+
+batch_app = typer.Typer(help="Batch jobs (OpenAI Batch API, or the bus): submit, follow, download.",
+                        no_args_is_help=True)
+out = Console()
+err = Console(stderr=True)
+
+CHAT_ENDPOINT: Final = "/v1/chat/completions"
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+#: How long a followed batch's ingress may stay unreachable before giving up (a restart passes).
+UNREACHABLE_S = 60.0
+#: How long after its end message a bus job may take to appear over HTTP.
+APPEAR_S = 60.0
+
+UrlOption = Annotated[str, typer.Option("--url", "--base-url", envvar="SKINFLINT_URL",
+                                        help="skinflint's ingress (the OpenAI base URL is <url>/v1).")]
+KeyOption = Annotated[str, typer.Option("--api-key", envvar="SKINFLINT_API_KEY", help="API key (Bearer).")]
+IntervalOption = Annotated[float, typer.Option(min=0, help="Seconds between polls while following.")]
+WindowOption = Annotated[str, typer.Option("--window", help="completion_window: 24h (skinflint: 1h..168h).")]
+MetadataOption = Annotated[list[str] | None, typer.Option("--metadata", "-m", help="KEY=VALUE, repeatable.")]
+OutputOption = Annotated[Path | None, typer.Option(help="Where the output file goes (default <FILE>.output.jsonl).")]
+ErrorsOption = Annotated[Path | None, typer.Option(help="Where the error file goes (default <FILE>.errors.jsonl).")]
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def make_client(base_url: str, api_key: str) -> openai.OpenAI:
+    """The client every command uses (tests replace it with one on a fake transport)."""
+    return openai.OpenAI(base_url=base_url, api_key=api_key)
+
+
+def api_base(url: str) -> str:
+    url = url.rstrip("/")
+    return url if url.endswith("/v1") else url + "/v1"
+
+
+def fail(message: str) -> NoReturn:
+    err.print(Text(message, style="red"), soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _client(url: str, api_key: str) -> openai.OpenAI:
+    if not api_key:
+        fail("no API key: pass --api-key or set SKINFLINT_API_KEY")
+    return make_client(api_base(url), api_key)
+
+
+def _error_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+    return exc.response.text or exc.message
+
+
+@contextmanager
+def api_errors(url: str) -> Iterator[None]:
+    """Turn the SDK's and the file system's errors into one red line and exit code 2."""
+    try:
+        yield
+    except openai.APIStatusError as exc:
+        fail(f"{exc.status_code}: {_error_message(exc)}")
+    except openai.APIConnectionError as exc:
+        fail(f"{api_base(url)} did not answer ({exc.__cause__ or exc}); is skinflint running? (`make run`)")
+    except OSError as exc:
+        fail(f"{exc.filename or ''}: {exc.strerror or exc}")
+
+
+def parse_metadata(pairs: list[str] | None) -> dict[str, str]:
+    metadata: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail(f"--metadata {pair!r}: write KEY=VALUE")
+        metadata[key] = value
+    return metadata
+
+
+# -- progress --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Figures:
+    """Where a batch stands: skinflint's own ``skinflint.progress`` when the object has it (the
+    batch service's figures: only requests that ran count in the rate), else worked out from the
+    standard fields."""
+
+    total: int
+    completed: int
+    failed: int
+    per_second: float | None
+    eta_s: float | None
+    elapsed_s: float | None
+
+    @property
+    def done(self) -> int:
+        return self.completed + self.failed
+
+
+def figures(batch: Batch, now: float) -> Figures:
+    counts = batch.request_counts
+    total, completed, failed = (counts.total, counts.completed, counts.failed) if counts else (0, 0, 0)
+    extra = _skinflint_progress(batch)
+    if extra is not None:
+        return Figures(total, completed, failed, _number(extra.get("per_second")), _number(extra.get("eta_s")),
+                       _number(extra.get("elapsed_s")))
+    if batch.in_progress_at is None:
+        return Figures(total, completed, failed, None, None, None)
+    ended = next((t for t in (batch.finalizing_at, batch.cancelled_at, batch.expired_at, batch.completed_at,
+                                  batch.failed_at)
+                  if t is not None), None)
+    elapsed = max(0.0, (ended if ended is not None else now) - batch.in_progress_at)
+    rate = (completed + failed) / elapsed if elapsed > 0 and completed + failed > 0 else None
+    pending = total - completed - failed
+    eta = 0.0 if batch.status in TERMINAL or pending <= 0 else (pending / rate if rate else None)
+    return Figures(total, completed, failed, rate, eta, elapsed)
+
+
+def _skinflint_progress(batch: Batch) -> dict[str, Any] | None:
+    """The batch's ``skinflint.progress`` (ingress sends ``{"skinflint": {"progress": {...}}}``;
+    the SDK keeps unknown keys in ``model_extra``)."""
+    extra = batch.model_extra or {}
+    nested = extra.get("skinflint")
+    progress = nested.get("progress") if isinstance(nested, dict) else extra.get("skinflint.progress")
+    return progress if isinstance(progress, dict) else None
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = round(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def rate_text(per_second: float | None) -> str:
+    return "- req/s" if per_second is None else f"{per_second:.2f} req/s"
+
+
+def _bar() -> Progress:
+    return Progress(TextColumn("[bold]{task.fields[status]}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("failed {task.fields[failed]}"), TextColumn("{task.fields[rate]}"),
+                    TextColumn("ETA {task.fields[eta]}"), TimeElapsedColumn(), console=err, transient=True)
+
+
+def follow(client: openai.OpenAI, url: str, batch_id: str, interval: float, appear_s: float = 0.0) -> Batch:
+    """Poll the batch until it ends, drawing a progress bar. Tolerates the ingress being away for
+    ``UNREACHABLE_S`` and, for ``appear_s``, the batch not existing yet (a bus job until the batch
+    service takes it). Ctrl-C stops following (exit 130) and leaves the batch running."""
+    started = last_seen = time.monotonic()
+    try:
+        with _bar() as bar:
+            task = bar.add_task(batch_id, total=None, status="waiting", failed=0, rate=rate_text(None), eta="-")
+            while True:
+                batch = _poll(client, url, batch_id, started, last_seen, appear_s)
+                if batch is not None:
+                    last_seen = time.monotonic()
+                    f = figures(batch, time.time())
+                    bar.update(task, total=f.total or None, completed=f.done, status=batch.status, failed=f.failed,
+                               rate=rate_text(f.per_second), eta=duration(f.eta_s))
+                    if batch.status in TERMINAL:
+                        return batch
+                else:
+                    bar.update(task, status="waiting")
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        err.print(f"stopped waiting; batch {batch_id} keeps running. Follow it: skinflint batch status {batch_id} "
+                  f"--watch; cancel it: skinflint batch cancel {batch_id}", soft_wrap=True)
+        raise typer.Exit(130) from None
+
+
+def _poll(client: openai.OpenAI, url: str, batch_id: str, started: float, last_seen: float,
+          appear_s: float) -> Batch | None:
+    try:
+        return client.batches.retrieve(batch_id)
+    except openai.NotFoundError:
+        if time.monotonic() - started < appear_s:
+            return None
+        if appear_s:
+            fail(f"batch {batch_id} did not appear within {appear_s:.0f} s: is skinflint's batch service running?")
+        raise
+    except openai.APIConnectionError:
+        if time.monotonic() - last_seen < UNREACHABLE_S:
+            return None
+        raise
+
+
+# -- reports ---------------------------------------------------------------------------------
+
+
+def job_cost(client: openai.OpenAI, batch: Batch) -> tuple[Decimal, Decimal] | None:
+    """(cost, cost without skinflint) of the batch's requests from ``GET /v1/usage?job_id=``; None
+    when that fails, nothing is charged yet, or the answer cannot be this job's alone: an ingress
+    without the filter ignores ``job_id`` and answers the whole tenant's usage, so a report that
+    does not echo the job id must count no more requests than the batch holds."""
+    try:
+        report = client.with_options(max_retries=0, timeout=15).get(
+            "/usage", cast_to=object, options={"params": {"job_id": batch.id, "format": "json"}})
+    except openai.OpenAIError:
+        return None
+    if not isinstance(report, dict) or not isinstance(report.get("rows"), list):
+        return None
+    rows = [r for r in report["rows"] if isinstance(r, dict)]
+    total = batch.request_counts.total if batch.request_counts else 0
+    try:
+        if not rows or (report.get("job_id") != batch.id and sum(int(r.get("requests", 0)) for r in rows) > total):
+            return None
+        return (sum((Decimal(str(r.get("cost_usd", "0"))) for r in rows), Decimal(0)),
+                sum((Decimal(str(r.get("reference_cost_usd", "0"))) for r in rows), Decimal(0)))
+    except (InvalidOperation, TypeError, ValueError):
+        return None
+
+
+def _when(ts: int | None) -> str:
+    return "-" if ts is None else datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="seconds")
+
+
+def batch_table(batch: Batch, cost: tuple[Decimal, Decimal] | None, files: dict[str, str] | None = None) -> Table:
+    f = figures(batch, time.time())
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    rows: list[tuple[str, str]] = [
+        ("batch", batch.id), ("status", batch.status), ("model", batch.model or "-"),
+        ("requests", f"{f.total} total, {f.completed} completed, {f.failed} failed, "
+                     f"{max(0, f.total - f.done)} pending"),
+        ("rate", rate_text(f.per_second)), ("elapsed", duration(f.elapsed_s)), ("eta", duration(f.eta_s)),
+        ("created", _when(batch.created_at)), ("expires", _when(batch.expires_at)),
+        ("input file", batch.input_file_id), ("output file", batch.output_file_id or "-"),
+        ("error file", batch.error_file_id or "-"),
+    ]
+    if batch.usage is not None:
+        u = batch.usage
+        rows.append(("tokens", f"{u.input_tokens} in ({u.input_tokens_details.cached_tokens} cached), "
+                               f"{u.output_tokens} out"))
+    if cost is not None:
+        spent, reference = cost
+        saved = f", saved {(1 - spent / reference) * 100:.1f}%" if reference > 0 else ""
+        rows.append(("cost", f"${spent:.6f} (without skinflint ${reference:.6f}{saved})"))
+    if batch.metadata:
+        rows.append(("metadata", ", ".join(f"{k}={v}" for k, v in batch.metadata.items())))
+    for error in (batch.errors.data or [])[:5] if batch.errors else []:
+        where = f"line {error.line}: " if error.line is not None else ""
+        rows.append(("error", f"{where}{error.code}: {error.message}"))
+    rows += list((files or {}).items())
+    for name, value in rows:
+        table.add_row(name, Text(value))
+    return table
+
+
+def download(client: openai.OpenAI, file_id: str, path: Path) -> int:
+    """Stream a file's content to ``path``; how many lines it holds."""
+    with client.files.with_streaming_response.content(file_id) as response:
+        response.stream_to_file(path)
+    with path.open("rb") as handle:
+        return sum(1 for _ in handle)
+
+
+def collect(client: openai.OpenAI, batch: Batch, output: Path, errors: Path) -> int:
+    """Download a finished batch's files, print the summary; the exit code (0: completed)."""
+    files: dict[str, str] = {}
+    for label, file_id, path in (("output", batch.output_file_id, output), ("errors", batch.error_file_id, errors)):
+        if file_id:
+            files[f"{label} ->"] = f"{path} ({download(client, file_id, path)} lines)"
+    out.print(batch_table(batch, job_cost(client, batch), files))
+    return 0 if batch.status == "completed" else 1
+
+
+def _default_paths(stem_of: Path, output: Path | None, errors: Path | None) -> tuple[Path, Path]:
+    return (output or stem_of.with_name(stem_of.stem + ".output.jsonl"),
+            errors or stem_of.with_name(stem_of.stem + ".errors.jsonl"))
+
+
+# -- commands --------------------------------------------------------------------------------
+
+InputFile = Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True,
+                                           help="Batch input (JSONL: custom_id, method, url, body per line).")]
+
+
+class _Uploading(io.BufferedReader):
+    """A file whose reads move a progress bar (httpx reads the upload from it in chunks)."""
+
+    def __init__(self, path: Path, moved: Callable[[int], None]) -> None:
+        super().__init__(io.FileIO(path, "rb"))
+        self._moved = moved
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        self._moved(self.tell())
+        return data
+
+
+def upload(client: openai.OpenAI, path: Path) -> str:
+    """``POST /v1/files`` (purpose batch) with a progress bar; the file id."""
+    with Progress(TextColumn("uploading"), BarColumn(), DownloadColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("upload", total=path.stat().st_size)
+        with _Uploading(path, lambda at: bar.update(task, completed=at)) as handle:
+            return client.files.create(file=(path.name, handle), purpose="batch").id
+
+
+@batch_app.command("submit")
+def submit(
+    file: InputFile,
+    window: WindowOption = "24h",
+    metadata: MetadataOption = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow it to the end, then download its files.")] = False,
+    output: OutputOption = None,
+    errors: ErrorsOption = None,
+    interval: IntervalOption = 1.0,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = "",
+) -> None:
+    """Upload FILE, start a batch on /v1/chat/completions, print its id (--wait: and follow it)."""
+    meta = parse_metadata(metadata)
+    client = _client(url, api_key)
+    with api_errors(url):
+        file_id = upload(client, file)
+        batch = client.batches.create(input_file_id=file_id, endpoint=CHAT_ENDPOINT,
+                                      completion_window=cast(Any, window), metadata=meta or None)
+        out.print(batch.id)
+        err.print(f"batch {batch.id} ({batch.status}) from {file.name} ({file_id})", soft_wrap=True)
+        if not wait:
+            return
+        output, errors = _default_paths(file, output, errors)
+        code = collect(client, follow(client, url, batch.id, interval), output, errors)
+    raise typer.Exit(code)
+
+
+@batch_app.command("status")
+def status(
+    batch_id: Annotated[str, typer.Argument(metavar="ID", help="The batch id.")],
+    watch: Annotated[bool, typer.Option("--watch", help="Follow it with a progress bar to the end.")] = False,
+    interval: IntervalOption = 1.0,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = "",
+) -> None:
+    """Status, counts, rate and ETA, files, tokens and cost of a batch."""
+    client = _client(url, api_key)
+    with api_errors(url):
+        batch = follow(client, url, batch_id, interval) if watch else client.batches.retrieve(batch_id)
+        out.print(batch_table(batch, job_cost(client, batch)))
+    if watch:
+        raise typer.Exit(0 if batch.status == "completed" else 1)
+
+
+@batch_app.command("list")
+def list_batches(
+    limit: Annotated[int, typer.Option(min=1, max=100, help="How many, newest first.")] = 20,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = "",
+) -> None:
+    """Your tenant's batches, newest first."""
+    client = _client(url, api_key)
+    with api_errors(url):
+        page = client.batches.list(limit=limit)
+    table = Table("id", "status", "done", "failed", "created", "metadata")
+    for batch in page.data:
+        f = figures(batch, time.time())
+        table.add_row(batch.id, batch.status, f"{f.done}/{f.total}", str(f.failed), _when(batch.created_at),
+                      Text(", ".join(f"{k}={v}" for k, v in (batch.metadata or {}).items())))
+    if not page.data:
+        err.print("no batches yet")
+        return
+    out.print(table)
+
+
+@batch_app.command("cancel")
+def cancel(
+    batch_id: Annotated[str, typer.Argument(metavar="ID", help="The batch id.")],
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = "",
+) -> None:
+    """Cancel a batch: requests already running finish, the rest go to its error file unrun."""
+    client = _client(url, api_key)
+    with api_errors(url):
+        batch = client.batches.cancel(batch_id)
+    f = figures(batch, time.time())
+    out.print(f"batch {batch.id}: {batch.status} ({f.done} of {f.total} finished; the rest will be in its error "
+              f"file as batch_cancelled)", soft_wrap=True)
+
+
+@batch_app.command("download")
+def download_files(
+    batch_id: Annotated[str, typer.Argument(metavar="ID", help="The batch id.")],
+    output: Annotated[Path | None, typer.Option(help="Default <ID>.output.jsonl.")] = None,
+    errors: Annotated[Path | None, typer.Option(help="Default <ID>.errors.jsonl.")] = None,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = "",
+) -> None:
+    """Download a batch's output and error files."""
+    client = _client(url, api_key)
+    output, errors = _default_paths(Path(batch_id), output, errors)
+    with api_errors(url):
+        batch = client.batches.retrieve(batch_id)
+        if not batch.output_file_id and not batch.error_file_id:
+            fail(f"batch {batch_id} has no files yet (status {batch.status}); follow it: "
+                 f"skinflint batch status {batch_id} --watch")
+        for file_id, path in ((batch.output_file_id, output), (batch.error_file_id, errors)):
+            if file_id:
+                out.print(f"{path} ({download(client, file_id, path)} lines)")
+
+
+@batch_app.command("publish")
+def publish(
+    file: InputFile,
+    job: Annotated[str, typer.Option(help="The job's name (a subject token, unique per tenant).")],
+    tenant: Annotated[str, typer.Option(envvar="SKINFLINT_TENANT", help="Your tenant (its NATS user's).")],
+    nats_url: Annotated[str, typer.Option(envvar="SKINFLINT_NATS_URL", help="NATS server.")] = "nats://127.0.0.1:4222",
+    user: Annotated[str | None, typer.Option(envvar="SKINFLINT_NATS_USER", help="NATS user.")] = None,
+    password: Annotated[str | None, typer.Option(envvar="SKINFLINT_NATS_PASSWORD", help="NATS password.")] = None,
+    window: WindowOption = "24h",
+    metadata: MetadataOption = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow it over HTTP to the end, then download.")] = False,
+    output: OutputOption = None,
+    errors: ErrorsOption = None,
+    interval: IntervalOption = 1.0,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = "",
+) -> None:
+    """Publish FILE as a bus job (one BulkLine per line, then BulkEnd) and print its batch id. The
+    whole file is checked first: a line that cannot be a BulkLine refuses the file, naming the line,
+    before anything is sent. Publishing the same job again within an hour stores nothing twice."""
+    meta = parse_metadata(metadata)
+    try:
+        check_token("--tenant", tenant)
+        check_token("--job", job)
+        lines = check_file(file)
+        end = BulkEnd(lines=lines, completion_window=window, metadata=meta)
+    except FileRefused as exc:
+        fail(f"{file}: {exc}" if str(exc).startswith("line") else str(exc))
+    except ValidationError as exc:
+        fail(f"--metadata/--window: {exc.errors()[0]['msg']}")
+    batch_id = bus_batch_id(tenant, job)
+    client = _client(url, api_key) if wait or api_key else None
+    if client is not None:
+        with api_errors(url):
+            _refuse_existing(client, url, batch_id, job, required=wait)
+    target = BusTarget(url=nats_url, tenant=tenant, job=job, user=user, password=password)
+    try:
+        with Progress(TextColumn("publishing"), BarColumn(), MofNCompleteColumn(), console=err) as bar:
+            task = bar.add_task("publish", total=lines)
+            asyncio.run(publish_job(target, file, end, lambda: bar.advance(task)))
+    except (FileRefused, BusError) as exc:
+        fail(str(exc))
+    out.print(batch_id)
+    err.print(f"job {job!r} published ({lines} requests): batch {batch_id}", soft_wrap=True)
+    if client is None or not wait:
+        return
+    output, errors = _default_paths(file, output, errors)
+    with api_errors(url):
+        code = collect(client, follow(client, url, batch_id, interval, appear_s=APPEAR_S), output, errors)
+    raise typer.Exit(code)
+
+
+def _refuse_existing(client: openai.OpenAI, url: str, batch_id: str, job: str, *, required: bool) -> None:
+    """A job name already used would add lines to a finished job: refuse it while HTTP can tell."""
+    try:
+        batch = client.batches.retrieve(batch_id)
+    except openai.NotFoundError:
+        return
+    except openai.APIConnectionError:
+        if required:
+            raise
+        err.print(f"{api_base(url)} did not answer: not checking whether job {job!r} exists", soft_wrap=True)
+        return
+    except openai.APIStatusError as exc:
+        fail(f"{exc.status_code}: {_error_message(exc)}")
+    fail(f"job {job!r} already exists as batch {batch_id} (status {batch.status}); pick another --job "
+         f"(`skinflint batch status {batch_id}` shows it)")

@@ -1,0 +1,156 @@
+"""``skinflint batch publish`` against a real nats-server: the lines, msg ids and end message that
+land in SF_BULK_IN, a publish run twice stored once, and a bad file refused before anything is sent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import nats
+import pytest
+from nats.js.api import StreamConfig
+from rich.console import Console
+from typer.testing import CliRunner
+
+from contracts.subjects import BULK_IN_STREAM, public_bulk_end_subject, public_bulk_subject
+from contracts.v1 import BulkEnd, BulkLine, bus_batch_id
+from services import cli_batch
+from services.cli import app
+from tests.support.fake_batch_api import ERRORS, OUTPUT, FakeSkinflint
+from tests.support.natsd import NatsServer
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+
+def request(custom_id: str, **extra: object) -> str:
+    return json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+                       "body": {"model": "auto", "messages": [{"role": "user", "content": custom_id}]}, **extra})
+
+
+async def create_stream(url: str) -> None:
+    nc = await nats.connect(url)
+    try:
+        await nc.jetstream().add_stream(StreamConfig(name=BULK_IN_STREAM.name, subjects=list(BULK_IN_STREAM.subjects),
+                                                     duplicate_window=BULK_IN_STREAM.duplicate_window_s))
+    finally:
+        await nc.close()
+
+
+async def stored(url: str, subject: str) -> list[tuple[str, dict[str, str], bytes]]:
+    """Every message SF_BULK_IN holds on ``subject`` (and below), in stream order."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(BULK_IN_STREAM.name)
+        out: list[tuple[str, dict[str, str], bytes]] = []
+        if info.state.messages == 0:
+            return out
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            msg = await js.get_msg(BULK_IN_STREAM.name, seq)
+            name = msg.subject or ""
+            if name == subject or name.startswith(subject + "."):
+                out.append((name, dict(msg.headers or {}), msg.data or b""))
+        return out
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+def bus(fresh_nats_server: NatsServer) -> str:
+    asyncio.run(create_stream(fresh_nats_server.url))
+    return fresh_nats_server.url
+
+
+def test_publish_stores_each_line_then_the_end_once_however_often_it_runs(bus: str, tmp_path: Path) -> None:
+    path = tmp_path / "job.jsonl"
+    path.write_text(request("a") + "\n\n" + request("b") + "\n" + request("c", extra_field=1) + "\n")
+    args = ["batch", "publish", str(path), "--job", "nightly-7", "--tenant", "acme", "--nats-url", bus,
+            "--window", "2h", "-m", "team=x"]
+    for _ in range(2):  # a second run (a retry) stores nothing twice
+        result = runner.invoke(app, args, env={"SKINFLINT_API_KEY": ""})
+        assert result.exit_code == 0, result.output
+        assert result.stdout.strip() == bus_batch_id("acme", "nightly-7")
+
+    messages = asyncio.run(stored(bus, public_bulk_subject("acme", "nightly-7")))
+    assert [(s, h["Nats-Msg-Id"]) for s, h, _ in messages] == [
+        (public_bulk_subject("acme", "nightly-7"), "nightly-7-1"),
+        (public_bulk_subject("acme", "nightly-7"), "nightly-7-2"),
+        (public_bulk_subject("acme", "nightly-7"), "nightly-7-3"),
+        (public_bulk_end_subject("acme", "nightly-7"), "nightly-7-end"),
+    ]
+    lines = [json.loads(data) for _, _, data in messages[:3]]
+    assert [line["custom_id"] for line in lines] == ["a", "b", "c"]
+    assert all(set(line) == {"custom_id", "body"} for line in lines)  # method and url are not sent
+    assert BulkLine.model_validate(lines[0]).body["messages"][0]["content"] == "a"
+    assert BulkEnd.model_validate_json(messages[3][2]) == BulkEnd(lines=3, completion_window="2h",
+                                                                  metadata={"team": "x"})
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (request("a") + "\n{not json\n", "line 2: not valid JSON"),
+    (request("a") + "\n" + json.dumps({"custom_id": "b", "body": "hi"}) + "\n", "line 2: body: "),
+    (json.dumps({"body": {}}) + "\n", "line 1: custom_id: "),
+    (request("a", url="/v1/embeddings") + "\n", "line 1: url must be '/v1/chat/completions'"),
+    ("\n \n", "holds no requests"),
+])
+def test_a_file_a_bulk_line_cannot_carry_is_refused_before_anything_is_sent(
+        bus: str, tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    result = runner.invoke(app, ["batch", "publish", str(path), "--job", "j", "--tenant", "acme", "--nats-url", bus],
+                           env={"SKINFLINT_API_KEY": ""})
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert asyncio.run(stored(bus, public_bulk_subject("acme", "j"))) == []
+
+
+def test_without_the_stream_publish_says_what_to_check(fresh_nats_server: NatsServer, tmp_path: Path) -> None:
+    path = tmp_path / "job.jsonl"
+    path.write_text(request("a") + "\n")
+    result = runner.invoke(app, ["batch", "publish", str(path), "--job", "j", "--tenant", "acme",
+                                 "--nats-url", fresh_nats_server.url], env={"SKINFLINT_API_KEY": ""})
+    assert result.exit_code == 2
+    assert "no JetStream stream stores sf.v1.bulk.in.acme.j" in result.stderr
+
+
+def test_bad_names_and_no_server_are_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "job.jsonl"
+    path.write_text(request("a") + "\n")
+    result = runner.invoke(app, ["batch", "publish", str(path), "--job", "a.b", "--tenant", "acme"])
+    assert result.exit_code == 2 and "--job 'a.b'" in result.stderr
+    result = runner.invoke(app, ["batch", "publish", str(path), "--job", "j", "--tenant", "acme",
+                                 "--nats-url", "nats://127.0.0.1:1"], env={"SKINFLINT_API_KEY": ""})
+    assert result.exit_code == 2 and "could not connect to NATS at nats://127.0.0.1:1" in result.stderr
+
+
+def test_publish_wait_follows_the_job_over_http_once_it_appears(bus: str, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    batch_id = bus_batch_id("acme", "follow-me")
+    # 404 for the check that the job is new, and twice more while the batch service takes it.
+    server = FakeSkinflint(batch_id=batch_id, absent_polls=3)
+    monkeypatch.setattr(cli_batch, "make_client", server.client)
+    monkeypatch.setattr(cli_batch, "out", Console(width=250))
+    path = tmp_path / "job.jsonl"
+    path.write_text(request("a") + "\n" + request("b") + "\n")
+    result = runner.invoke(app, ["batch", "publish", str(path), "--job", "follow-me", "--tenant", "acme",
+                                 "--nats-url", bus, "--wait", "--interval", "0", "--api-key", "sk-test"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == batch_id
+    assert server.absent_polls == 0 and server.polls == 4
+    assert (tmp_path / "job.output.jsonl").read_bytes() == OUTPUT
+    assert (tmp_path / "job.errors.jsonl").read_bytes() == ERRORS
+    assert len(asyncio.run(stored(bus, public_bulk_subject("acme", "follow-me")))) == 3
+
+
+def test_publish_refuses_a_job_name_already_used(bus: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = FakeSkinflint(batch_id=bus_batch_id("acme", "done"))
+    monkeypatch.setattr(cli_batch, "make_client", server.client)
+    path = tmp_path / "job.jsonl"
+    path.write_text(request("a") + "\n")
+    result = runner.invoke(app, ["batch", "publish", str(path), "--job", "done", "--tenant", "acme",
+                                 "--nats-url", bus, "--api-key", "sk-test"])
+    assert result.exit_code == 2
+    assert "job 'done' already exists as batch batch_bus_" in result.stderr
+    assert asyncio.run(stored(bus, public_bulk_subject("acme", "done"))) == []
