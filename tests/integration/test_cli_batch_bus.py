@@ -17,6 +17,8 @@ from contracts.subjects import BULK_IN_STREAM, public_bulk_end_subject, public_b
 from contracts.v1 import BulkEnd, BulkLine, bus_batch_id
 from services import cli_batch
 from services.cli import app
+from tests.integration.conftest import running_ingress, running_worker
+from tests.support.batch import running_batch
 from tests.support.fake_batch_api import ERRORS, OUTPUT, FakeSkinflint
 from tests.support.natsd import NatsServer
 
@@ -154,3 +156,38 @@ def test_publish_refuses_a_job_name_already_used(bus: str, tmp_path: Path, monke
     assert result.exit_code == 2
     assert "job 'done' already exists as batch batch_bus_" in result.stderr
     assert asyncio.run(stored(bus, public_bulk_subject("acme", "done"))) == []
+
+
+def chat_line(custom_id: str) -> str:
+    body = {"model": "smollm2-135m", "messages": [{"role": "user", "content": custom_id}], "max_tokens": 2}
+    return json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body})
+
+
+async def test_submit_and_publish_run_through_skinflint(fresh_nats_server: NatsServer, tmp_path: Path) -> None:
+    """The CLI with its real client against ingress, the batch service and a worker (fake engine):
+    a file over HTTP (its unreadable line in the error file) and the same requests as a bus job."""
+    url = fresh_nats_server.url
+    async with running_worker(url), running_batch(url, pipeline=["infer"]), \
+            running_ingress(url, pipeline=["infer"]) as (service, _):
+        http = ["--url", f"http://127.0.0.1:{service.port}", "--api-key", "sk-skinflint-demo", "--interval", "0.1"]
+        submitted = tmp_path / "submitted.jsonl"
+        submitted.write_text(chat_line("one") + "\n{not json\n" + chat_line("two") + "\n")
+        result = await asyncio.to_thread(runner.invoke, app, ["batch", "submit", str(submitted), "--wait", *http])
+        assert result.exit_code == 0, result.output
+        assert "3 total, 2 completed, 1 failed, 0 pending" in result.stdout
+        answers = [json.loads(x) for x in (tmp_path / "submitted.output.jsonl").read_text().splitlines()]
+        assert sorted(a["custom_id"] for a in answers) == ["one", "two"]
+        assert all(a["response"]["body"]["object"] == "chat.completion" for a in answers)
+        failed = [json.loads(x) for x in (tmp_path / "submitted.errors.jsonl").read_text().splitlines()]
+        assert [f["error"]["code"] for f in failed] == ["invalid_json_line"]
+
+        published = tmp_path / "published.jsonl"
+        published.write_text(chat_line("three") + "\n" + chat_line("four") + "\n")
+        result = await asyncio.to_thread(runner.invoke, app, [
+            "batch", "publish", str(published), "--job", "cli-run", "--tenant", "demo", "--nats-url", url, "--wait",
+            *http])
+        assert result.exit_code == 0, result.output
+        assert result.stdout.splitlines()[0] == bus_batch_id("demo", "cli-run")
+        answers = [json.loads(x) for x in (tmp_path / "published.output.jsonl").read_text().splitlines()]
+        assert sorted(a["custom_id"] for a in answers) == ["four", "three"]
+        assert not (tmp_path / "published.errors.jsonl").exists()
