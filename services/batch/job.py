@@ -287,8 +287,10 @@ class BatchJob(BaseModel):
         end = next((t for t in (self.finalizing_at, self.cancelled_at, self.expired_at) if t is not None), None)
         elapsed = 0.0 if started is None else max(0.0, (end if end is not None else now) - started)
         rate = ran / elapsed if ran > 0 and elapsed > 0 else None
-        if pending == 0 or self.status in TERMINAL:
-            eta: float | None = 0.0
+        if self.status == BatchStatus.VALIDATING:
+            eta: float | None = None  # its size is not known yet
+        elif pending == 0 or self.status in TERMINAL:
+            eta = 0.0
         elif rate is None or self.status == BatchStatus.CANCELLING:
             eta = None
         else:
