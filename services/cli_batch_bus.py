@@ -145,8 +145,8 @@ async def _publish(nc: Client, target: BusTarget, path: Path, end: BulkEnd, adva
             done, _ = await asyncio.wait({future, denied_wait}, timeout=ACK_TIMEOUT_S,
                                          return_when=asyncio.FIRST_COMPLETED)
             if denied.is_set():
-                raise BusError(f"NATS refused the publish on {subject}: {errors[-1]} (the user must be "
-                               f"tenant {target.tenant!r}'s, and the tenant token its own)")
+                raise BusError(f"NATS refused the publish on {subject}: {errors[-1]} (connect as tenant "
+                               f"{target.tenant!r}'s NATS user: each may publish under its own tenant only)")
             if future in done:
                 exc = future.exception()
                 if exc is None:

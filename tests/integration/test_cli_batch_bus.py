@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import nats
@@ -17,10 +19,11 @@ from contracts.subjects import BULK_IN_STREAM, public_bulk_end_subject, public_b
 from contracts.v1 import BulkEnd, BulkLine, bus_batch_id
 from services import cli_batch
 from services.cli import app
+from services.stack import NATS_CONFIG, NATS_SERVICE_PASSWORD_ENV, NATS_SERVICE_USER
 from tests.integration.conftest import running_ingress, running_worker
 from tests.support.batch import running_batch
 from tests.support.fake_batch_api import ERRORS, OUTPUT, FakeSkinflint
-from tests.support.natsd import NatsServer
+from tests.support.natsd import NatsServer, start_nats_server
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -191,3 +194,39 @@ async def test_submit_and_publish_run_through_skinflint(fresh_nats_server: NatsS
         answers = [json.loads(x) for x in (tmp_path / "published.output.jsonl").read_text().splitlines()]
         assert sorted(a["custom_id"] for a in answers) == ["four", "three"]
         assert not (tmp_path / "published.errors.jsonl").exists()
+
+
+@pytest.fixture(scope="module")
+def secured() -> Iterator[tuple[str, str]]:
+    """nats-server with skinflint's users and permissions (infra/nats/) and SF_BULK_IN; (url, the
+    services' password)."""
+    password = secrets.token_urlsafe(18)
+    server = start_nats_server(config=NATS_CONFIG, env={NATS_SERVICE_PASSWORD_ENV: password})
+    url = f"nats://{NATS_SERVICE_USER}:{password}@127.0.0.1:{server.port}"
+    asyncio.run(create_stream(url))
+    yield server.url, url
+    server.stop()
+
+
+def test_publish_as_the_tenants_nats_user(secured: tuple[str, str], tmp_path: Path) -> None:
+    public, services = secured
+    path = tmp_path / "job.jsonl"
+    path.write_text(request("a") + "\n" + request("b") + "\n")
+    demo = ["--user", "demo", "--password", "sf-bus-demo-dev", "--nats-url", public]
+    result = runner.invoke(app, ["batch", "publish", str(path), "--job", "secured", "--tenant", "demo", *demo],
+                           env={"SKINFLINT_API_KEY": ""})
+    assert result.exit_code == 0, result.output
+    assert len(asyncio.run(stored(services, public_bulk_subject("demo", "secured")))) == 3
+
+    # Another tenant's subject: NATS refuses it, and the CLI says so (no wait for acks that never come).
+    result = runner.invoke(app, ["batch", "publish", str(path), "--job", "secured", "--tenant", "acme", *demo],
+                           env={"SKINFLINT_API_KEY": ""})
+    assert result.exit_code == 2
+    assert "NATS refused the publish on sf.v1.bulk.in.acme.secured" in result.stderr
+    assert "permissions violation" in result.stderr.lower()
+    assert asyncio.run(stored(services, public_bulk_subject("acme", "secured"))) == []
+
+    result = runner.invoke(app, ["batch", "publish", str(path), "--job", "x", "--tenant", "demo", "--user", "demo",
+                                 "--password", "wrong", "--nats-url", public], env={"SKINFLINT_API_KEY": ""})
+    assert result.exit_code == 2
+    assert f"could not connect to NATS at {public}" in result.stderr and "uthorization" in result.stderr
