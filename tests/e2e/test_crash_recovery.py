@@ -176,7 +176,7 @@ def test_make_run_restarts_a_killed_worker_and_a_killed_launcher_leaves_nothing(
         # The launcher is killed: everything it started stops, and the ports are free again.
         everything = sched.descendants(launcher.pid)
         started.extend(everything)
-        assert len(everything) >= 8  # nats-server, vllm serve, six services, engine processes
+        assert len(everything) >= 8  # nats-server, vllm serve, seven services, engine processes
         launcher.kill()
         launcher.wait()
         assert wait_gone(everything, timeout_s=60) == set(), {p: cmdline(p) for p in everything if running(p)}
