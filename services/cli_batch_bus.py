@@ -125,7 +125,9 @@ async def publish_job(target: BusTarget, path: Path, end: BulkEnd, advance: Call
                                 inbox_prefix=f"_INBOX_{target.tenant}", connect_timeout=5,
                                 max_reconnect_attempts=2, reconnect_time_wait=1, error_cb=on_error)
     except (TimeoutError, NoServersError, OSError, NatsError) as exc:
-        why = errors[-1] if errors else (str(exc) or type(exc).__name__)
+        # The server's refusal says more than the resets of the attempts after it.
+        refusals = [e for e in errors if "authorization" in e.lower()]
+        why = (refusals or errors or [str(exc) or type(exc).__name__])[-1]
         raise BusError(f"could not connect to NATS at {target.url}: {why}") from exc
     try:
         await _publish(nc, target, path, end, advance, errors, denied)
