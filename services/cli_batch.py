@@ -27,11 +27,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Annotated, Any, Final, NoReturn, cast
+from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn, cast
 
-import openai
 import typer
-from openai.types import Batch
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -40,6 +38,12 @@ from rich.text import Text
 
 from contracts.v1 import BulkEnd, bus_batch_id
 from services.cli_batch_bus import BusError, BusTarget, FileRefused, check_file, check_token, publish_job
+
+if TYPE_CHECKING:
+    # Imported where used: the SDK takes ~0.7 s to import, which every other skinflint command
+    # would pay, and the operator commands run without it.
+    import openai
+    from openai.types import Batch
 
 batch_app = typer.Typer(help="Batch jobs (OpenAI Batch API, or the bus): submit, follow, download.",
                         no_args_is_help=True)
@@ -66,6 +70,8 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 def make_client(base_url: str, api_key: str) -> openai.OpenAI:
     """The client every command uses (tests replace it with one on a fake transport)."""
+    import openai
+
     return openai.OpenAI(base_url=base_url, api_key=api_key)
 
 
@@ -82,6 +88,10 @@ def fail(message: str) -> NoReturn:
 def _client(url: str, api_key: str) -> openai.OpenAI:
     if not api_key:
         fail("no API key: pass --api-key or set SKINFLINT_API_KEY")
+    try:
+        import openai  # noqa: F401
+    except ImportError:
+        fail("the batch commands need the openai package: pip install openai")
     return make_client(api_base(url), api_key)
 
 
@@ -97,6 +107,8 @@ def _error_message(exc: openai.APIStatusError) -> str:
 @contextmanager
 def api_errors(url: str) -> Iterator[None]:
     """Turn the SDK's and the file system's errors into one red line and exit code 2."""
+    import openai
+
     try:
         yield
     except openai.APIStatusError as exc:
@@ -217,6 +229,8 @@ def follow(client: openai.OpenAI, url: str, batch_id: str, interval: float, appe
 
 def _poll(client: openai.OpenAI, url: str, batch_id: str, started: float, last_seen: float,
           appear_s: float) -> Batch | None:
+    import openai
+
     try:
         return client.batches.retrieve(batch_id)
     except openai.NotFoundError:
@@ -239,6 +253,8 @@ def job_cost(client: openai.OpenAI, batch: Batch) -> tuple[Decimal, Decimal] | N
     when that fails, nothing is charged yet, or the answer cannot be this job's alone: an ingress
     without the filter ignores ``job_id`` and answers the whole tenant's usage, so a report that
     does not echo the job id must count no more requests than the batch holds."""
+    import openai
+
     try:
         report = client.with_options(max_retries=0, timeout=15).get(
             "/usage", cast_to=object, options={"params": {"job_id": batch.id, "format": "json"}})
@@ -500,6 +516,8 @@ def publish(
 
 def _refuse_existing(client: openai.OpenAI, url: str, batch_id: str, job: str, *, required: bool) -> None:
     """A job name already used would add lines to a finished job: refuse it while HTTP can tell."""
+    import openai
+
     try:
         batch = client.batches.retrieve(batch_id)
     except openai.NotFoundError:
