@@ -10,6 +10,9 @@
 - ``skinflint router train`` / ``skinflint router eval``: fit the learned routing policy on labelled
   prompts; RouteLLM's metrics and the cost/quality curve (``services.classifier``).
 - ``skinflint route FILE``: the tier the configured router picks for each prompt of a JSONL file.
+- ``skinflint batch submit|status|list|cancel|download``: batch jobs through the Batch API, with a
+  progress bar (``services.cli_batch``); ``skinflint batch publish``: a job over the bus as the
+  tenant's NATS user.
 
 The API key comes from ``--api-key`` or ``SKINFLINT_API_KEY``; the ingress from ``--url`` or
 ``SKINFLINT_URL`` (default ``http://127.0.0.1:8000``).
