@@ -49,7 +49,7 @@ from services.ingress.cache_control import default as cache_defaults
 from services.ingress.gateway import route_request
 from services.ingress.tenants import TenantConfig
 from services.shared import metrics
-from services.shared.errors import NotFound, SkinflintError, Timeout, Unavailable
+from services.shared.errors import NotFound, SkinflintError, Timeout, Unavailable, is_transient
 from services.shared.slip import StageHop
 from services.shared.tiers import TiersFile
 
@@ -60,6 +60,10 @@ tracer = trace.get_tracer(__name__)
 _JOB_TTL_S = 1.0
 #: How often an item waiting for its result checks the store (a result another replica stored).
 _RESULT_POLL_S = 10.0
+#: An item met with "not now" (no stream to queue it in, a timeout) is handed on again after this
+#: long, up to this many times; then that answer stands as its result.
+_TRANSIENT_RETRY_S = 5.0
+_MAX_TRANSIENT_ATTEMPTS = 20
 
 
 def subject_tokens(subject: str, first: int, count: int) -> list[str] | None:
@@ -297,6 +301,13 @@ class BatchRuntime:
                     await msg.nak()
                     return None
                 await msg.in_progress()
+        reply = result[0]
+        if isinstance(reply, ErrorReply) and is_transient(reply):
+            if (msg.metadata.num_delivered or 1) < _MAX_TRANSIENT_ATTEMPTS:
+                log.warning("item %s: %s; handing it on again shortly", request_id, reply.message)
+                await msg.nak(delay=_TRANSIENT_RETRY_S)
+                return None
+            result = await self.record(job.tenant, job.id, index, reply)
         await msg.ack()
         return result
 
@@ -318,6 +329,13 @@ class BatchRuntime:
         prefix, _, number = reply.request_id.rpartition("-")
         if prefix != batch_id or not number.isdigit():
             log.error("ignoring a result for %s on %s: not an item of that batch", reply.request_id, subject)
+            return
+        if is_transient(reply):
+            # Not an answer: the item is handed on again by whoever holds it (or, held by nobody
+            # here, when its work message comes back).
+            waiter = self._waiters.get(reply.request_id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result((reply, 0))
             return
         await self.record(tenant, batch_id, int(number), reply)
 

@@ -65,3 +65,13 @@ class Unavailable(SkinflintError):
 class Timeout(SkinflintError):
     status = 504
     code = "timeout"
+
+
+#: Statuses that say "not now" rather than "never": nothing answered the request yet.
+TRANSIENT_STATUSES = frozenset({502, 503, 504})
+
+
+def is_transient(reply: object) -> bool:
+    """Whether ``reply`` is an error a later attempt may not meet (a bulk item is then handed on
+    again instead of failing)."""
+    return isinstance(reply, ErrorReply) and reply.status in TRANSIENT_STATUSES

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -19,7 +20,7 @@ from nats.js.client import JetStreamContext
 from contracts.subjects import BULK_RESULTS_STREAM, Priority, cache_verdict_subject, stage_queue_group, stage_subject
 from contracts.v1 import CacheNote, CacheOutcome, CacheVerdict, ErrorReply, Final, HopAck, TaskEnvelope
 from services.shared import lane, metrics
-from services.shared.errors import SkinflintError
+from services.shared.errors import SkinflintError, is_transient
 from services.shared.slip import StageHop, advance, current_stage, is_optional, mark_arrival, skip_current
 from services.shared.usage import UsagePublisher, answered_without_model
 
@@ -195,6 +196,11 @@ class StageRunner:
         by its message id, as a worker stores it), after its usage event is stored."""
         metrics.STAGE_OUTCOMES.labels(self.name, env.priority.value, outcome).inc()
         bulk = env.priority is Priority.BULK
+        if bulk and is_transient(reply):
+            # Nothing ran and nothing is charged: its sender hands the item on again. No usage
+            # event and no result under the item's id, which would make its real ones duplicates.
+            await self._store_result(env, reply, msg_id=f"retry-{env.request_id}-{time.time_ns()}")
+            return
         try:
             await self._usage.publish(answered_without_model(env, reply, self.instance_id), wait_stored=bulk)
         except Exception:
@@ -204,12 +210,12 @@ class StageRunner:
         else:
             await lane.publish(self._broker.connection, env.reply_subject, reply)
 
-    async def _store_result(self, env: TaskEnvelope, reply: Final | ErrorReply) -> None:
+    async def _store_result(self, env: TaskEnvelope, reply: Final | ErrorReply, msg_id: str | None = None) -> None:
         """A bulk task's result into ``SF_BULK_RESULTS``. Not stored (JetStream down): logged; the
         task's sender sees no result and hands the item on again (the one layer that retries)."""
         if self._js is None:
             self._js = self._broker.connection.jetstream()
-        headers = {**(lane.trace_headers() or {}), "Nats-Msg-Id": f"result-{env.request_id}"}
+        headers = {**(lane.trace_headers() or {}), "Nats-Msg-Id": msg_id or f"result-{env.request_id}"}
         try:
             await self._js.publish(env.reply_subject, reply.model_dump_json().encode(),
                                    stream=BULK_RESULTS_STREAM.name, headers=headers)
