@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 #: Seconds a message may go unacknowledged before it is redelivered; handlers that take longer
 #: say they are still at it (``in_progress``) well within it.
 _START_ACK_WAIT_S = 120.0
-_WORK_ACK_WAIT_S = 60.0
+_WORK_ACK_WAIT_S = 30.0
 _RESULT_ACK_WAIT_S = 30.0
 
 
@@ -147,7 +147,9 @@ class BatchService:
                         await asyncio.wait_for(self._room.wait(), timeout=1.0)
                     continue
                 try:
-                    msgs = await psub.fetch(min(room, 64) if concurrent else 8, timeout=1.0)
+                    # One at a time: nats-py's fetch(n) on an empty consumer waits until n messages
+                    # came or the timeout passed, so a larger n would hold each result up to 1 s.
+                    msgs = await psub.fetch(1, timeout=1.0)
                 except TimeoutError:
                     continue
                 except Exception:

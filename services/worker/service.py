@@ -227,7 +227,9 @@ class WorkerService:
                 await asyncio.wait_for(self._freed.wait(), timeout=1.0)
             return
         try:
-            msgs = await psub.fetch(room, timeout=1.0)
+            # One per pull (the loop comes back while there is room): nats-py's fetch(n) waits for
+            # all n, or its timeout, when fewer are queued, which would hold a task up to 1 s.
+            msgs = await psub.fetch(1, timeout=1.0)
         except TimeoutError:
             return
         except Exception:
