@@ -22,8 +22,8 @@ from tests.support.batch_stack import BatchStack, bulk_charge, pricebook
 
 pytestmark = pytest.mark.integration
 
-#: Items per job: with 7 bulk slots at 8 tokens of 50 ms, a job runs for a few seconds.
-ITEMS = 60
+#: Items per job: with 7 bulk slots at 8 tokens of 50 ms, a job runs for about ten seconds.
+ITEMS = 150
 #: Items answered before the fault: the rest are queued or in flight when it strikes.
 BEFORE_FAULT = 12
 
