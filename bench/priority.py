@@ -28,6 +28,8 @@ import argparse
 import asyncio
 import itertools
 import json
+import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -182,7 +184,7 @@ class BusProbe:
                            f"(inflight_bulk {self.inflight_bulk()})")
 
     async def close(self) -> None:
-        await self.nc.drain()
+        await self.nc.close()
 
 
 class BatchApi:
@@ -318,35 +320,49 @@ async def ttft_blocks(args: argparse.Namespace, probe: BusProbe, api: BatchApi |
         label = f"{kind}{pair}"
         backlog: asyncio.Task[None] | None = None
         batch_id: str | None = None
-        if kind == ps.BULK and api is not None:
-            # One batch that outlasts the block (filling the slots, the block, a margin), cancelled after it.
-            batch_id, _ = await api.submit(ps.batch_lines(bulk_tps, args.max_tokens, offsets[-1] + 60, bulk_slots))
-        elif kind == ps.BULK:
-            backlog = asyncio.create_task(keep_backlog(probe, f"ttft{pair}", want=bulk_slots))
-        if kind == ps.BULK:
-            await probe.wait_beat(lambda n: n >= bulk_slots, 60, f"all {bulk_slots} bulk slots busy")
-        else:
-            await probe.wait_beat(lambda n: n == 0, 120, "no bulk work")
-            await asyncio.sleep(1.5)  # vLLM's engine keeps polling for 1 s after its last step
-        started = time.monotonic()
-        calls = await chat_block(client, base_url, offsets, args.chat_max_tokens, label)
-        ended = time.monotonic()
-        if backlog is not None:
-            backlog.cancel()
-            await asyncio.gather(backlog, return_exceptions=True)
-            await probe.purge()  # what is still queued goes; what runs finishes
-        if batch_id is not None and api is not None:
-            await api.cancel(batch_id)  # queued items are dropped; those handed to the worker finish
+        try:
+            if kind == ps.BULK and api is not None:
+                # One batch that outlasts the block (filling the slots, the block, a margin), cancelled after it.
+                batch_id, _ = await api.submit(ps.batch_lines(bulk_tps, args.max_tokens, offsets[-1] + 60,
+                                                              bulk_slots))
+            elif kind == ps.BULK:
+                backlog = asyncio.create_task(keep_backlog(probe, f"ttft{pair}", want=bulk_slots))
+            if kind == ps.BULK:
+                try:
+                    await probe.wait_beat(lambda n: n >= bulk_slots, 60, f"all {bulk_slots} bulk slots busy")
+                except RuntimeError as exc:  # measured anyway: the report shows how busy the slots were
+                    common.log(f"WARNING: {exc}")
+            else:
+                await probe.wait_beat(lambda n: n == 0, 120, "no bulk work")
+                await asyncio.sleep(1.5)  # vLLM's engine keeps polling for 1 s after its last step
+            started = time.monotonic()
+            calls = await asyncio.wait_for(chat_block(client, base_url, offsets, args.chat_max_tokens, label),
+                                           timeout=offsets[-1] + 300)
+            ended = time.monotonic()
+        finally:
+            if backlog is not None:
+                backlog.cancel()
+                await asyncio.gather(backlog, return_exceptions=True)
+                await probe.purge()  # what is still queued goes; what runs finishes
+            if batch_id is not None and api is not None:
+                await api.cancel(batch_id)  # queued items are dropped; those handed to the worker finish
         beats = [(b, i) for t, b, i in probe.beats if started <= t <= ended]
+        ttfts = [c["ttft_ms"] for c in calls if c["ok"]]
+        tqdm.write(f"{time.strftime('%H:%M:%S')} block {label}: {len(ttfts)} answers, TTFT p50 "
+                   f"{common.percentile(ttfts, 50):.0f} ms, p95 {common.percentile(ttfts, 95):.0f} ms, "
+                   f"bulk in flight {min((b for b, _ in beats), default=0)}-{max((b for b, _ in beats), default=0)}")
         blocks.append({"pair": pair, "kind": kind, "calls": calls, "inflight_bulk": [b for b, _ in beats],
-                       "inflight_interactive": [i for _, i in beats], "seconds": ended - started})
+                       "inflight_interactive": [i for _, i in beats], "seconds": ended - started,
+                       "loadavg_1m": os.getloadavg()[0]})
     await probe.wait_beat(lambda n: n == 0, 120, "no bulk work")
     return blocks
 
 
 # --- the run ----------------------------------------------------------------------------------------
 
-async def measure(args: argparse.Namespace, engine_url: str, skinflint_url: str, nats_url: str) -> dict[str, Any]:
+async def measure(args: argparse.Namespace, engine_url: str, skinflint_url: str, nats_url: str,
+                  data: dict[str, Any]) -> None:
+    """Fills ``data`` as it goes (``throughput``, then ``ttft``), so a failed run keeps what it measured."""
     edge = args.max_num_seqs
     probe = await BusProbe.connect(nats_url, args.max_tokens)
     engine_client = httpx.AsyncClient(limits=httpx.Limits(max_connections=256), timeout=httpx.Timeout(300.0))
@@ -358,7 +374,7 @@ async def measure(args: argparse.Namespace, engine_url: str, skinflint_url: str,
         await skinflint_bulk_run(probe, api, "warmup", args.max_num_seqs, 1)
         for i in range(4):
             await ttft_call(chat_client, skinflint_url, CHAT_PROMPTS[i], args.chat_max_tokens)
-        runs: list[dict[str, Any]] = []
+        runs: list[dict[str, Any]] = data.setdefault("throughput", [])
         for round_no in range(args.rounds):
             order = ["engine", "skinflint"] if round_no % 2 == 0 else ["skinflint", "engine"]
             for who in order:
@@ -369,14 +385,14 @@ async def measure(args: argparse.Namespace, engine_url: str, skinflint_url: str,
                 else:
                     run = await skinflint_bulk_run(probe, api, f"tp{round_no}", args.bulk_requests, edge)
                 run["round"] = round_no
+                run["loadavg_1m"] = os.getloadavg()[0]
                 runs.append(run)
                 rate = ps.Rate(**run["rate"])
                 common.log(f"round {round_no + 1}/{args.rounds} {who:>9}: {rate.per_s:7.1f} output tokens/s "
                            f"({rate.tokens} tokens in {rate.seconds:.1f} s, steady window), {run['errors']} errors")
         common.log("time to first token, blocks with and without a bulk backlog")
         bulk_tps = ps.pooled_rate([ps.Rate(**r["rate"]) for r in runs if r["who"] == "skinflint"])
-        blocks = await ttft_blocks(args, probe, api, chat_client, skinflint_url, bulk_tps)
-        return {"throughput": runs, "ttft": blocks}
+        data["ttft"] = await ttft_blocks(args, probe, api, chat_client, skinflint_url, bulk_tps)
     finally:
         await engine_client.aclose()
         await chat_client.aclose()
@@ -422,6 +438,8 @@ def summarise(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
                                                    for i in b.get("inflight_interactive", [])],
                                                   args.max_num_seqs - bulk_slots + 1)
                               for kind in (ps.IDLE, ps.BULK)},
+        "loadavg_1m": [min((r.get("loadavg_1m", math.nan) for r in [*runs, *blocks]), default=math.nan),
+                       max((r.get("loadavg_1m", math.nan) for r in [*runs, *blocks]), default=math.nan)],
         "mean_tokens": {who: sum(v) / len(v) if v else 0.0 for who, v in tokens.items()},
     }
 
@@ -447,6 +465,8 @@ def report(args: argparse.Namespace, s: dict[str, Any]) -> tuple[str, int]:
               f"p95 ratio by pair: {' '.join(f'{r:.2f}' for r in s['ttft_ratio_by_pair'])}; "
               f"p50 ratio {s['ttft_p50_ratio']:.2f}; heartbeats with more chats in the worker than the "
               f"{s['reserve']} reserved slots: {s['chat_over_reserve'][ps.BULK]:.0%} in bulk blocks", ""]
+    lines.append(f"load average (1 min) after each run and block: {s['loadavg_1m'][0]:.1f} to "
+                 f"{s['loadavg_1m'][1]:.1f} on {os.cpu_count()} CPUs")
     if s["chat_errors"] or s["bulk_errors"]:
         lines.append(f"WARNING: {s['chat_errors']} chat and {s['bulk_errors']} bulk requests failed")
     if abs(s["mean_tokens"]["engine"] - s["mean_tokens"]["skinflint"]) > 0.5:
@@ -485,6 +505,18 @@ def plot(path: Path, data: dict[str, Any]) -> None:
     plt.close(fig)
 
 
+def place_like_skinflint(engine: targets.VllmServeTarget) -> None:
+    """Keep vllm serve's front end (its API server: HTTP, detokenizing) off the core its model
+    computes on, as skinflint keeps its worker's front end and its other processes: otherwise,
+    on a machine with other load, the baseline loses throughput that skinflint does not."""
+    from services.shared import sched
+
+    if engine.process is not None:
+        free = sched.keep_off_engine_cpus("vllm serve's front end", [engine.process.pid], owners=[engine.process.pid])
+        common.log(f"vllm serve's front end on CPU {sched.cpu_list(free)}" if free else
+                   "vllm serve's front end left where it is (its engine is not pinned)")
+
+
 def start_batch_service(skinflint: targets.SkinflintTarget) -> None:
     """The batch service, as `make run` starts it: it turns a batch's lines into bulk tasks."""
     common.log("starting the batch service")
@@ -518,11 +550,12 @@ def main(argv: list[str] | None = None) -> int:
     with common.attempt(clean_up) as outcome:
         common.log("starting vllm serve (about a minute)")
         engine.start()
+        place_like_skinflint(engine)
         common.log("starting nats-server, a worker and ingress (about a minute)")
         skinflint.start()
         if args.submit == "batch-api":
             start_batch_service(skinflint)
-        data = asyncio.run(measure(args, engine.base_url, skinflint.base_url, skinflint.stack.nats_url))
+        asyncio.run(measure(args, engine.base_url, skinflint.base_url, skinflint.stack.nats_url, data))
     common.log(f"raw results: {out / 'results.json'}")
     if not outcome.complete:
         return 1
