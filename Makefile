@@ -145,6 +145,7 @@ bench: install $(BENCH_DATA)
 	$(PY) bench/replay_sharegpt.py
 	$(PY) bench/router_eval.py
 	$(PY) bench/gateway.py
+	$(PY) bench/priority.py
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
