@@ -41,6 +41,7 @@ from services.batch.files import (
 from services.batch.job import BatchJob, WrongState
 from services.batch.job_store import JobStore
 from services.batch.store import FileStore
+from services.ingress.body import read_body
 from services.ingress.gateway import decode_json
 from services.ingress.settings import IngressSettings
 from services.ingress.tenants import Gate
@@ -202,18 +203,6 @@ async def read_form(request: Request, limit: int) -> FormData:
         raise BadRequest(f"file: the multipart body could not be read: {exc.detail}", param="file") from None
 
 
-async def read_small_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the request body is {declared} bytes; the limit is {limit} bytes")
-    body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
-    return bytes(body)
-
-
 async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
     while chunk := await upload.read(_READ_CHUNK):
         yield chunk
@@ -313,7 +302,7 @@ def batch_router(gate: Gate, api: BatchApi) -> APIRouter:
     @router.post("/v1/batches", summary="Create a batch from an uploaded input file", openapi_extra=_CREATE_SCHEMA)
     async def create_batch(request: Request) -> dict[str, Any]:
         caller = gate.authenticate(request.headers.get("authorization"))
-        raw = await read_small_body(request, MAX_CREATE_BODY_BYTES)
+        raw = await read_body(request, MAX_CREATE_BODY_BYTES)
         if not raw.strip():
             raise BadRequest(f"the request body is empty; send {_CREATE_SHAPE}")
         body = decode_json(raw)

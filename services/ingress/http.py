@@ -20,6 +20,7 @@ from contracts.v1 import CachePurge, CachePurged, ChatRequest, Chunk, Final, Usa
 from services.ingress import cache_control
 from services.ingress import openai_format as fmt
 from services.ingress.batch_api import BatchApi, batch_router
+from services.ingress.body import read_body
 from services.ingress.dispatch import phases_ms
 from services.ingress.fields import published_schema
 from services.ingress.gateway import (
@@ -34,7 +35,6 @@ from services.ingress.ws import websocket_chat
 from services.shared.errors import (
     BadRequest,
     NotFound,
-    PayloadTooLarge,
     SkinflintError,
     Unavailable,
 )
@@ -89,18 +89,6 @@ def error_response(err: SkinflintError) -> JSONResponse:
     if retry_after is not None:
         headers["retry-after"] = str(max(1, round(retry_after)))
     return JSONResponse(fmt.error_body(err), status_code=err.status, headers=headers)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the request body is {declared} bytes; the limit is {limit} bytes")
-    body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
-    return bytes(body)
 
 
 def create_http_app(gateway: Gateway, batch: BatchApi | None = None) -> FastAPI:
