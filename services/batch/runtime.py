@@ -1,5 +1,5 @@
-"""What the batch service does with each message: start a job, queue its items, hand each to the
-stages, store each result once, and close the job with its files.
+"""What the batch service does with each item: hand it to the stages, store its result once, and
+close its job with the files when it was the last (starting a job: ``services.batch.starter``).
 
 Every step reads and writes only the stores (``FileStore``, ``JobStore``) and JetStream, so any
 replica can pick up where a crashed one stopped: a message is acknowledged only once what it
@@ -25,25 +25,23 @@ from contracts.subjects import (
     ITEM_INDEX_HEADER,
     Priority,
     batch_result_subject,
-    batch_work_subject,
     public_bulk_output_subject,
 )
 from contracts.v1 import (
     REPLY_ADAPTER,
-    BulkEnd,
     BulkLine,
     ChatRequest,
     ErrorReply,
     Final,
     TaskEnvelope,
-    bus_batch_id,
 )
 from services.batch import finalize, intake
-from services.batch.job import BatchJob, BatchStatus, FileError, WrongState
+from services.batch.job import BatchJob, BatchStatus, WrongState
 from services.batch.job_store import JobStore
-from services.batch.lines import FileRejected, FileTooLarge, InputLimits, LineError, LineItem, LineResult
+from services.batch.lines import InputLimits, LineResult
 from services.batch.output import Unrun, from_reply, item_request_id
 from services.batch.settings import BatchSettings
+from services.batch.starter import JobStarter, call, subject_tokens
 from services.batch.store import FileStore
 from services.ingress.cache_control import default as cache_defaults
 from services.ingress.gateway import route_request
@@ -66,11 +64,6 @@ _TRANSIENT_RETRY_S = 5.0
 _MAX_TRANSIENT_ATTEMPTS = 20
 
 
-def subject_tokens(subject: str, first: int, count: int) -> list[str] | None:
-    parts = subject.split(".")
-    return parts[first:first + count] if len(parts) >= first + count else None
-
-
 class BatchRuntime:
     """The handlers of the batch service's four inputs and its sweeper (``BatchService`` wires
     them to durable consumers)."""
@@ -88,109 +81,12 @@ class BatchRuntime:
         #: Core publish (live output lines of bus jobs).
         self._publish = publish
         self.limits = InputLimits(max_bytes=settings.batch_max_file_bytes, max_requests=settings.batch_max_lines)
+        self.starter = JobStarter(settings, tenants, js, files, jobs, self.close)
         self._jobs_seen: dict[tuple[str, str], tuple[float, BatchJob]] = {}
         #: Items this replica handed on, waiting for their result: request id -> (reply, created).
         self._waiters: dict[str, asyncio.Future[tuple[Final | ErrorReply, int]]] = {}
         self.in_flight: collections.Counter[str] = collections.Counter()
         self._closing: set[str] = set()
-
-    # -- starting a job ----------------------------------------------------------------------------
-
-    async def start_job(self, tenant: str, batch_id: str, keepalive: Callable[[], object] | None = None) -> None:
-        """Check the job's input, move it to ``in_progress`` and queue its items; again after a
-        crash, queue what the work stream may not hold (it drops the copies it holds)."""
-        with tracer.start_as_current_span("batch start", attributes={"sf.batch.id": batch_id, "sf.tenant": tenant}):
-            job = await self.jobs.get(tenant, batch_id)
-            if job.status not in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
-                return
-            try:
-                items = await intake.read_items(self.files, tenant, job.input_file_id, self.limits)
-            except NotFound:
-                await self._fail(job, FileError(code="invalid_file", param="input_file_id",
-                                                message=f"input_file_id: the file {job.input_file_id!r} is gone"))
-                return
-            except (FileRejected, FileTooLarge) as err:
-                await self._fail(job, FileError(code=err.code, message=err.message))
-                return
-            if job.status is BatchStatus.VALIDATING:
-                job = await self.jobs.update(tenant, batch_id, _started(items, time.time()))
-                unread = sum(isinstance(i, LineError) for i in items)
-                metrics.BATCH_ITEMS.labels("unread").inc(unread)
-                log.info("batch %s of %r: %d requests (%d refused on reading)", batch_id, tenant, len(items), unread)
-            if job.status is BatchStatus.FINALIZING:
-                await self.close(tenant, batch_id)  # every line was refused
-                return
-            if job.status is not BatchStatus.IN_PROGRESS:
-                return
-            subject = batch_work_subject(tenant, batch_id)
-            for n, item in enumerate(i for i in items if isinstance(i, LineItem)):
-                if item.index in job.completed or item.index in job.failed:
-                    continue
-                line = BulkLine(custom_id=item.custom_id,
-                                body=item.request.model_dump(mode="json", exclude_unset=True))
-                await self.js.publish(subject, line.model_dump_json().encode(), headers={
-                    "Nats-Msg-Id": item_request_id(batch_id, item.index), ITEM_INDEX_HEADER: str(item.index)})
-                if keepalive is not None and n % 500 == 499:
-                    await _call(keepalive)
-
-    async def _fail(self, job: BatchJob, error: FileError) -> None:
-        def fail(j: BatchJob) -> None:
-            if j.status is BatchStatus.VALIDATING:
-                j.fail(time.time(), [error])
-
-        await self.jobs.update(job.tenant, job.id, fail)
-        metrics.BATCH_JOBS.labels(BatchStatus.FAILED.value).inc()
-        log.info("batch %s of %r failed: %s", job.id, job.tenant, error.message)
-
-    # -- the bus entry point -----------------------------------------------------------------------
-
-    async def on_bus_end(self, subject: str, data: bytes, stream_seq: int,
-                         keepalive: Callable[[], object] | None = None) -> None:
-        """A tenant's end message: its lines become the job's input file, then the job starts."""
-        tokens = subject_tokens(subject, 4, 2)
-        if tokens is None:
-            return
-        tenant, job_name = tokens
-        batch_id = bus_batch_id(tenant, job_name)
-        try:
-            await self.jobs.get(tenant, batch_id)
-        except NotFound:
-            await self._create_bus_job(tenant, job_name, batch_id, data, stream_seq)
-        await self.start_job(tenant, batch_id, keepalive)
-
-    async def _create_bus_job(self, tenant: str, job_name: str, batch_id: str, data: bytes, stream_seq: int) -> None:
-        now = time.time()
-        lines = await intake.read_bus_lines(self.js, tenant, job_name, stream_seq)
-        file_id = await intake.write_bus_input(self.files, tenant, job_name, batch_id, lines)
-        problem: FileError | None = None
-        end: BulkEnd | None = None
-        try:
-            end = BulkEnd.model_validate_json(data)
-        except ValidationError as exc:
-            problem = FileError(code="invalid_end_message", message=f"the end message is not a BulkEnd: {exc}")
-        try:
-            job = BatchJob.create(
-                tenant=tenant, input_file_id=file_id, now=now, batch_id=batch_id,
-                completion_window=end.completion_window if end else "24h", metadata=end.metadata if end else None,
-                max_window_hours=self.settings.batch_max_window_hours)
-        except SkinflintError as err:
-            job = BatchJob.create(tenant=tenant, input_file_id=file_id, now=now, batch_id=batch_id)
-            problem = problem or FileError(code=err.code, message=err.message, param=err.param)
-        job.bus_job = job_name
-        if problem is None and end is not None and end.lines != len(lines.lines):
-            problem = FileError(code="line_count_mismatch", message=(
-                f"the end message says {end.lines} lines, but {len(lines.lines)} were published for job "
-                f"{job_name!r} before it; publish every line (each once: give it a Nats-Msg-Id), then the end"))
-        if problem is None and tenant not in self.tenants:
-            problem = FileError(code="unknown_tenant", message=f"tenant {tenant!r} is not in the tenants file")
-        if problem is not None:
-            job.fail(now, [problem])
-            metrics.BATCH_JOBS.labels(BatchStatus.FAILED.value).inc()
-        try:
-            await self.jobs.create(job, now)
-        except ValueError:
-            return  # another replica created it meanwhile
-        log.info("bus job %r of %r is batch %s (%d lines)", job_name, tenant, batch_id, len(lines.lines))
 
     # -- items -------------------------------------------------------------------------------------
 
@@ -261,7 +157,7 @@ class BatchRuntime:
         if result is not None and job.bus_job is not None:
             reply, created = result
             out = from_reply(batch_id, index, line.custom_id, reply, created)
-            await _call(lambda: self._publish(public_bulk_output_subject(tenant, job.bus_job or ""),
+            await call(lambda: self._publish(public_bulk_output_subject(tenant, job.bus_job or ""),
                                               out.model_dump_json().encode()))
 
     async def _run(self, msg: Msg, job: BatchJob, index: int, line: BulkLine,
@@ -424,7 +320,7 @@ class BatchRuntime:
                  closed.status.value, len(closed.completed), len(closed.failed), unrun)
         await self.jobs.purge_items(batch_id)
         if closed.bus_job is not None:
-            await _call(lambda: self._publish(public_bulk_output_subject(tenant, closed.bus_job or "") + ".done",
+            await call(lambda: self._publish(public_bulk_output_subject(tenant, closed.bus_job or "") + ".done",
                                               _json(closed.to_openai())))
 
     def _closable(self, job: BatchJob, now: float) -> bool:
@@ -441,7 +337,7 @@ class BatchRuntime:
         for job in await self.jobs.every():
             try:
                 if job.status is BatchStatus.VALIDATING and now - job.created_at >= self.settings.batch_start_retry_s:
-                    await self.start_job(job.tenant, job.id)
+                    await self.starter.start_job(job.tenant, job.id)
                 elif self._closable(job, now):
                     await self.close(job.tenant, job.id)
             except Exception:
@@ -449,29 +345,5 @@ class BatchRuntime:
         await self.files.sweep_expired(now)
 
 
-def _started(items: list[LineResult], now: float) -> Callable[[BatchJob], None]:
-    model = next((i.request.model for i in items if isinstance(i, LineItem)), None)
-
-    def start(job: BatchJob) -> None:
-        if job.status is BatchStatus.VALIDATING:
-            job.start(now, len(items))
-            job.model = model
-            for item in items:
-                if isinstance(item, LineError):
-                    job.record_unread(item.index, now)
-
-    return start
-
-
 def _json(data: dict[str, object]) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
-
-
-async def _call(fn: Callable[[], object]) -> None:
-    """Call ``fn``, awaiting what it returns if it is awaitable; a failure is logged, not raised."""
-    try:
-        result = fn()
-        if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
-            await result
-    except Exception:
-        log.warning("a best-effort publish failed", exc_info=True)

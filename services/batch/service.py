@@ -109,11 +109,11 @@ class BatchService:
     async def _on_start(self, msg: Msg) -> None:
         assert self.runtime is not None
         start = BatchStart.model_validate_json(msg.data)
-        await self.runtime.start_job(start.tenant, start.batch_id, msg.in_progress)
+        await self.runtime.starter.start_job(start.tenant, start.batch_id, msg.in_progress)
 
     async def _on_bus_end(self, msg: Msg) -> None:
         assert self.runtime is not None
-        await self.runtime.on_bus_end(msg.subject, msg.data, msg.metadata.sequence.stream, msg.in_progress)
+        await self.runtime.starter.on_bus_end(msg.subject, msg.data, msg.metadata.sequence.stream, msg.in_progress)
 
     async def _on_result(self, msg: Msg) -> None:
         assert self.runtime is not None
