@@ -68,6 +68,10 @@ TOKENS = Counter(
 ENGINE_SLOTS = Gauge("skinflint_engine_slots", "Sequences a worker's engine runs at once.", ["tier"])
 ENGINE_SLOTS_IN_USE = Gauge(
     "skinflint_engine_slots_in_use", "Engine slots held by requests now, by priority.", ["tier", "priority"])
+BULK_PREEMPTIONS = Counter(
+    "skinflint_bulk_preemptions_total",
+    "Bulk tasks a worker handed back to the queue unfinished because chat arrived (run again later, charged once).",
+    ["tier"])
 BULK_BACKLOG = Gauge(
     "skinflint_bulk_backlog_messages",
     "Bulk tasks waiting in the tier's work queue (not yet pulled by any worker).", ["tier"])

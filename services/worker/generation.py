@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from contracts.subjects import INFER_STAGE
+from contracts.subjects import INFER_STAGE, Priority
 from contracts.v1 import (
     Accepted,
     CacheNote,
@@ -148,7 +148,8 @@ async def answer(env: TaskEnvelope, backend: Backend[Any], sink: ReplySink, who:
     an ``ErrorReply``, and accounting exactly one usage event, sent *before* that reply on the
     same connection (so a delivered answer is never left uncharged). Nothing but cancellation is
     raised. Cancellation (client gone, worker draining past its deadline) aborts the backend's
-    request, still reports the tokens spent as an ``aborted`` usage event, and re-raises.
+    request, still reports the tokens spent as an ``aborted`` usage event (not for a bulk task, which
+    runs again and is charged then), and re-raises.
     """
     started = time.monotonic()
     prompt_tokens = 0
@@ -186,8 +187,11 @@ async def answer(env: TaskEnvelope, backend: Backend[Any], sink: ReplySink, who:
     except asyncio.CancelledError:
         if in_engine:
             await asyncio.shield(backend.abort(env.request_id))
-        await asyncio.shield(_report(sink, env, who, "aborted", last, prompt_tokens if in_engine else 0,
-                                     queue_seconds, started))
+        if env.priority is not Priority.BULK:
+            await asyncio.shield(_report(sink, env, who, "aborted", last, prompt_tokens if in_engine else 0,
+                                         queue_seconds, started))
+        # A bulk task stopped (preempted, the worker stopping) goes back to its queue and is charged
+        # when it runs to the end: an "aborted" charge now would be its one charge (by request id).
         raise
     except SkinflintError as exc:
         reply, status = exc.to_reply(env.request_id), "error"

@@ -84,7 +84,10 @@ class WorkerService:
         provider = setup_tracing(self.name, settings)
         self.broker = make_broker(self.name, settings, provider)
         self.sink = BusSink(self.broker, settings.usage_ack_timeout_s)
-        self.capacity = Capacity(settings.max_num_seqs, settings.max_waiting, settings.interactive_reserve)
+        self.capacity = Capacity(settings.max_num_seqs, settings.max_waiting, settings.interactive_reserve,
+                                 bulk_with_chat=settings.bulk_slots_with_chat, chat_quiet_s=settings.chat_quiet_s)
+        #: Bulk tasks running, by request id: when each started (the latest are preempted first).
+        self._bulk_started: dict[str, float] = {}
         self.identity = WorkerIdentity(settings.instance_id, settings.tier, settings.model_name,
                                        settings.default_max_tokens)
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -119,7 +122,10 @@ class WorkerService:
         if env.cache_pending:
             # Before the ack: the cache sends its verdict only once the ack has reached it.
             self._verdicts[env.request_id] = asyncio.get_running_loop().create_future()
-        self._start(env, Priority.INTERACTIVE, queued_at=time.monotonic(), announce=announce)
+        now = time.monotonic()
+        self.capacity.chat_arrived(now)
+        self._start(env, Priority.INTERACTIVE, queued_at=now, announce=announce)
+        self._preempt_bulk(now)
         # Let the new task render the prompt and hand it to the engine before the acknowledgement
         # goes out: sending the ack wakes nats-server and ingress, which, where they share cores
         # with this process, would otherwise run first and hold up the start of generation.
@@ -147,6 +153,22 @@ class WorkerService:
             log.info("cancelling %s: the client went away", msg.request_id)
             task.cancel()
 
+    def _preempt_bulk(self, now: float) -> None:
+        """Chat became active: hand back the bulk tasks over its limit, the latest started first
+        (the least work lost). Each goes back to its queue unanswered and uncharged (``answer``
+        reports no usage for a cancelled bulk task) and runs again later."""
+        excess = self.capacity.bulk_excess(now)
+        if excess <= 0:
+            return
+        latest = sorted(self._bulk_started, key=self._bulk_started.__getitem__, reverse=True)[:excess]
+        for request_id in latest:
+            task = self._tasks.get(request_id)
+            if task is not None and not task.done():
+                self._bulk_started.pop(request_id, None)
+                task.cancel()
+                metrics.BULK_PREEMPTIONS.labels(self.settings.tier).inc()
+        log.info("chat arrived: %d bulk tasks handed back to the queue", len(latest))
+
     # --- task lifecycle -------------------------------------------------------------------
     def _start(self, env: TaskEnvelope, priority: Priority, queued_at: float,
                on_done: Callable[[bool], object] | None = None, announce: bool = False) -> None:
@@ -155,8 +177,12 @@ class WorkerService:
         task = asyncio.create_task(self._run(env, queued_at, on_done, announce), name=f"task-{env.request_id}")
         self._tasks[env.request_id] = task
 
+        if priority is Priority.BULK:
+            self._bulk_started[env.request_id] = time.monotonic()
+
         def _finished(_: asyncio.Task[None]) -> None:
             self._tasks.pop(env.request_id, None)
+            self._bulk_started.pop(env.request_id, None)
             self._verdicts.pop(env.request_id, None)
             self.capacity.release(priority)
             self._freed.set()
@@ -218,7 +244,7 @@ class WorkerService:
                 await psub.unsubscribe()
 
     async def _pull_bulk(self, psub: JetStreamContext.PullSubscription) -> None:
-        room = self.capacity.bulk_room()
+        room = self.capacity.bulk_room(time.monotonic())
         if self.backend is not None and self.backend.unavailable() is not None:
             room = 0  # bulk work waits in its stream while the provider is down
         if room == 0:

@@ -29,6 +29,13 @@ class WorkerSettings(ServiceSettings):
     interactive_reserve: int = Field(
         default=4, ge=0, description="Slots bulk work never takes, so a chat burst starts at once."
     )
+    bulk_slots_with_chat: int = Field(
+        default=2, ge=0,
+        description="Bulk tasks a worker keeps running while chat is active; more are handed back to the queue "
+                    "when chat arrives (preempted: run again later, charged once). Set it to max_num_seqs to "
+                    "let bulk keep every slot the reserve leaves.")
+    chat_quiet_s: float = Field(default=5.0, ge=0, description="Chat counts as active this long after the last "
+                                "interactive request arrived (bulk then gets every free slot again).")
     max_model_len: int = Field(default=2048, ge=64, description="Context length (prompt + answer).")
     default_max_tokens: int = Field(default=512, ge=1, description="Answer length when a request sets none.")
     kv_cache_gib: float = Field(default=2.0, gt=0, description="KV cache size (CPU build: RAM).")
@@ -55,7 +62,9 @@ class WorkerSettings(ServiceSettings):
         description="A task the cache handed on before deciding: how long the answer may wait for the "
                     "cache's verdict before it goes out as a miss (the cache recorded as skipped).",
     )
-    bulk_max_deliveries: int = Field(default=5, ge=1, description="Attempts before a bulk item is dropped.")
+    bulk_max_deliveries: int = Field(
+        default=20, ge=1, description="Deliveries of a bulk task before JetStream stops offering it (a preempted "
+        "task counts one; the batch service hands an item with no result on again later).")
 
     @model_validator(mode="after")
     def _reserve_fits(self) -> WorkerSettings:

@@ -109,3 +109,40 @@ async def test_a_bulk_backlog_never_blocks_chat(fresh_nats_server: NatsServer) -
     assert busy, "bulk work was never running"
     # Bulk never takes the slot reserved for interactive traffic.
     assert max(b.inflight_bulk for b in beats) <= 4 - 1
+
+
+async def test_chat_preempts_bulk_which_runs_again_and_is_charged_once(fresh_nats_server: NatsServer) -> None:
+    url = fresh_nats_server.url
+    async with running_worker(url, seconds_per_token=0.05, max_num_seqs=6, interactive_reserve=1,
+                              bulk_slots_with_chat=1, chat_quiet_s=0.5) as worker:
+        nc = await nats.connect(url)
+        js = nc.jetstream()
+        for i in range(8):
+            task = bulk_task("preempt", i, max_tokens=20)
+            await js.publish(infer_subject("small", Priority.BULK), task.model_dump_json().encode(),
+                             headers={"Nats-Msg-Id": task.request_id})
+        deadline = time.monotonic() + 10
+        while worker.capacity.bulk < 5 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert worker.capacity.bulk == 5
+        async with running_ingress(url) as (_, client):
+            r = await client.post("/v1/chat/completions", json=chat(max_tokens=2))
+            assert r.status_code == 200, r.text
+            assert worker.capacity.bulk <= 1  # the rest were handed back when the chat arrived
+        deadline = time.monotonic() + 60
+        results: list[bytes] = []
+        while time.monotonic() < deadline:
+            results = await read_all(js, BULK_RESULTS_STREAM.name, bulk_result_subject("preempt"))
+            if len(results) >= 8:
+                break
+            await asyncio.sleep(0.3)
+        usage = [UsageEvent.model_validate_json(b) for b in await read_all(js, USAGE_STREAM.name, "sf.v1.usage")]
+        await nc.close()
+    finals = [REPLY_ADAPTER.validate_json(b) for b in results]
+    assert sorted(f.request_id for f in finals) == [f"preempt-{i}" for i in range(8)]
+    assert all(isinstance(f, Final) and f.finish_reason != "abort" for f in finals)
+    tokens = {f.request_id: f.usage.completion_tokens for f in finals if isinstance(f, Final)}
+    bulk_usage = [u for u in usage if u.priority is Priority.BULK]
+    # Preempted tasks left no "aborted" charge behind: one charge each, for the whole answer.
+    assert sorted(u.request_id for u in bulk_usage) == [f"preempt-{i}" for i in range(8)]
+    assert all(u.status == "ok" and u.completion_tokens == tokens[u.request_id] for u in bulk_usage)
