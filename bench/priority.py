@@ -302,11 +302,14 @@ async def chat_block(client: httpx.AsyncClient, base_url: str, offsets: list[flo
     return [{"block": label, "index": i, **c} for i, c in enumerate(calls)]
 
 
-async def keep_backlog(probe: BusProbe, job: str, want: int) -> None:
-    """Keep ``want`` bulk tasks waiting beyond those running, until cancelled."""
+async def keep_backlog(probe: BusProbe, job: str, want: int, seen: list[int]) -> None:
+    """Keep ``want`` bulk tasks waiting beyond those running, until cancelled; ``seen`` gets how
+    many were waiting at each look (the proof that the worker never ran out of bulk work)."""
     index = itertools.count()
     while True:
-        for _ in range(ps.top_up(await probe.pending(), want)):
+        pending = await probe.pending()
+        seen.append(pending)
+        for _ in range(ps.top_up(pending, want)):
             await probe.publish(job, next(index))
         await asyncio.sleep(0.2)
 
@@ -320,13 +323,14 @@ async def ttft_blocks(args: argparse.Namespace, probe: BusProbe, api: BatchApi |
         label = f"{kind}{pair}"
         backlog: asyncio.Task[None] | None = None
         batch_id: str | None = None
+        waiting: list[int] = []
         try:
             if kind == ps.BULK and api is not None:
                 # One batch that outlasts the block (filling the slots, the block, a margin), cancelled after it.
                 batch_id, _ = await api.submit(ps.batch_lines(bulk_tps, args.max_tokens, offsets[-1] + 60,
                                                               bulk_slots))
             elif kind == ps.BULK:
-                backlog = asyncio.create_task(keep_backlog(probe, f"ttft{pair}", want=bulk_slots))
+                backlog = asyncio.create_task(keep_backlog(probe, f"ttft{pair}", bulk_slots, waiting))
             if kind == ps.BULK:
                 try:
                     await probe.wait_beat(lambda n: n >= bulk_slots, 60, f"all {bulk_slots} bulk slots busy")
@@ -336,6 +340,7 @@ async def ttft_blocks(args: argparse.Namespace, probe: BusProbe, api: BatchApi |
                 await probe.wait_beat(lambda n: n == 0, 120, "no bulk work")
                 await asyncio.sleep(1.5)  # vLLM's engine keeps polling for 1 s after its last step
             started = time.monotonic()
+            del waiting[:]  # what waited while the chats ran
             calls = await asyncio.wait_for(chat_block(client, base_url, offsets, args.chat_max_tokens, label),
                                            timeout=offsets[-1] + 300)
             ended = time.monotonic()
@@ -353,7 +358,7 @@ async def ttft_blocks(args: argparse.Namespace, probe: BusProbe, api: BatchApi |
                    f"bulk in flight {min((b for b, _ in beats), default=0)}-{max((b for b, _ in beats), default=0)}")
         blocks.append({"pair": pair, "kind": kind, "calls": calls, "inflight_bulk": [b for b, _ in beats],
                        "inflight_interactive": [i for _, i in beats], "seconds": ended - started,
-                       "loadavg_1m": os.getloadavg()[0]})
+                       "bulk_waiting": list(waiting), "loadavg_1m": os.getloadavg()[0]})
     await probe.wait_beat(lambda n: n == 0, 120, "no bulk work")
     return blocks
 
@@ -431,7 +436,11 @@ def summarise(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
         "chat_errors": sum(1 for b in blocks for c in b["calls"] if not c["ok"]),
         "bulk_errors": sum(run["errors"] for run in runs),
         "bulk_slots": bulk_slots, "busy_share": ps.busy_share(inflight, bulk_slots),
-        "inflight_min": min(inflight, default=0),
+        "inflight_min": min(inflight, default=0), "inflight_max": max(inflight, default=0),
+        # The backlog, sampled while the chats ran (bus submission only): never empty, or the
+        # bulk blocks did not have bulk work to run.
+        "waiting_min": min((n for b in blocks if b["kind"] == ps.BULK for n in b.get("bulk_waiting", [])),
+                           default=None),
         "reserve": args.max_num_seqs - bulk_slots,
         # Chats beyond the reserve wait in vLLM's queue for a running bulk answer to end.
         "chat_over_reserve": {kind: ps.busy_share([i for b in blocks if b["kind"] == kind
@@ -455,9 +464,11 @@ def report(args: argparse.Namespace, s: dict[str, Any]) -> tuple[str, int]:
              common.fmt(s["mean_tokens"]["skinflint"])]]
     lines += [common.table(["", "tokens/s", "ratio", "90% interval", "by round", "tokens/answer"], rows), ""]
     ci = s["ttft_ratio_ci"]
+    backlog = "not sampled" if s.get("waiting_min") is None else f"at least {s['waiting_min']}"
     lines += [f"Chat time to first token, ms ({args.pairs} block pairs x {args.block} requests, mean gap "
-              f"{args.gap_ms:.0f} ms, max_tokens {args.chat_max_tokens}; bulk blocks: all {s['bulk_slots']} "
-              f"bulk slots busy in {s['busy_share']:.0%} of heartbeats, fewest {s['inflight_min']}):", ""]
+              f"{args.gap_ms:.0f} ms, max_tokens {args.chat_max_tokens}; in bulk blocks the worker held "
+              f"{s['inflight_min']}-{s['inflight_max']} bulk tasks (all {s['bulk_slots']} bulk slots in "
+              f"{s['busy_share']:.0%} of heartbeats) with {backlog} bulk tasks waiting):", ""]
     rows = [["no bulk", str(s["n_idle"]), *(common.fmt(s["ttft_idle"][q]) for q in (50, 95, 99)), "1.00", "-"],
             ["bulk backlog", str(s["n_bulk"]), *(common.fmt(s["ttft_bulk"][q]) for q in (50, 95, 99)),
              common.fmt(s["ttft_ratio"], 2), f"{ci[0]:.2f}-{ci[1]:.2f}"]]
@@ -472,7 +483,11 @@ def report(args: argparse.Namespace, s: dict[str, Any]) -> tuple[str, int]:
     if abs(s["mean_tokens"]["engine"] - s["mean_tokens"]["skinflint"]) > 0.5:
         lines.append("WARNING: answers differ in length between the engines (tokens/s still counts real tokens)")
     print("\n".join(lines))
-    code = common.print_verdict([
+    checks = []
+    if s.get("waiting_min") is not None:
+        checks.append(("the bulk backlog never ran out during bulk blocks", s["waiting_min"] > 0,
+                       f"fewest waiting: {s['waiting_min']}"))
+    code = common.print_verdict([*checks,
         (f"chat TTFT p95 with a bulk backlog <= {TTFT_TARGET}x without", s["ttft_ratio"] <= TTFT_TARGET,
          f"{s['ttft_ratio']:.2f}x"),
         (f"bulk tokens/s >= {THROUGHPUT_TARGET:.0%} of the engine's saturated", s["tps_ratio"] >= THROUGHPUT_TARGET,

@@ -85,7 +85,7 @@ def test_summary_and_verdict_from_a_saved_run(capsys: pytest.CaptureFixture[str]
         ],
         "ttft": [
             {"pair": 0, "kind": ps.IDLE, "inflight_bulk": [0], "calls": [{"ok": True, "ttft_ms": 40.0}] * 20},
-            {"pair": 0, "kind": ps.BULK, "inflight_bulk": [28, 27],
+            {"pair": 0, "kind": ps.BULK, "inflight_bulk": [28, 27], "bulk_waiting": [30, 0, 12],
              "calls": [{"ok": True, "ttft_ms": 100.0}] * 19 + [{"ok": False, "error": "x"}]},
         ],
     }
@@ -97,3 +97,5 @@ def test_summary_and_verdict_from_a_saved_run(capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out
     assert code == 1
     assert "MISS (2.50x)" in out and "ok (80.0%)" in out
+    # A bulk block whose backlog ran out did not measure chat beside bulk work: that is a miss too.
+    assert "the bulk backlog never ran out during bulk blocks: MISS (fewest waiting: 0)" in out
