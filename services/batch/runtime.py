@@ -145,6 +145,7 @@ class BatchRuntime:
             waiter = self._waiters[request_id] = asyncio.get_running_loop().create_future()
         self.in_flight[batch_id] += 1
         metrics.BATCH_IN_FLIGHT.inc()
+        result: tuple[Final | ErrorReply, int] | None = None
         try:
             result = await self._run(msg, job, index, line, waiter, again)
         finally:
