@@ -84,6 +84,14 @@ def steady_rate(finishes: Sequence[tuple[float, int]], edge: int) -> Rate:
     return Rate(tokens, ordered[last][0] - ordered[first][0], last - first)
 
 
+def steady_window(finish_times: Sequence[float], edge: int) -> tuple[float, float]:
+    """The (start, end) times of ``steady_rate``'s window: the ``edge``-th and ``edge``-th last finish."""
+    ordered = sorted(finish_times)
+    if edge < 1 or len(ordered) < 2 * edge + 2:
+        raise ValueError(f"{len(ordered)} completions leave no steady window with edge {edge} (need {2 * edge + 2})")
+    return ordered[edge - 1], ordered[len(ordered) - edge - 1]
+
+
 def pooled_rate(rates: Sequence[Rate]) -> float:
     tokens, seconds = sum(r.tokens for r in rates), sum(r.seconds for r in rates)
     return tokens / seconds if seconds > 0 else math.nan

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
+from collections.abc import AsyncIterator
 
 import pytest
 
 from bench import priority
 from bench import priority_stats as ps
+from bench.priority_engine import saturate
+from services.worker.engine import EngineStep
 
 pytestmark = pytest.mark.unit
 
@@ -47,6 +51,46 @@ def test_steady_rate_leaves_out_ramp_up_and_tail() -> None:
     assert rate.per_s == 10.0
 
 
+def test_steady_window_is_the_rates_window() -> None:
+    times = [0.0, *(10.0 + i for i in range(8)), 100.0]
+    assert ps.steady_window(list(reversed(times)), edge=2) == (10.0, 16.0)
+    with pytest.raises(ValueError, match="no steady window"):
+        ps.steady_window([1.0, 2.0], edge=1)
+
+
+class FakeEngine:
+    """Records how many requests it runs at once; answers ``tokens`` tokens, one a step."""
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+        self.running = self.most = 0
+        self.seen: list[tuple[str, list[int], int, int]] = []
+
+    def render(self, messages: list[object]) -> list[int]:
+        return [len(str(messages))]
+
+    async def stream(self, request_id: str, prompt: list[int], params: object,
+                     priority: int) -> AsyncIterator[EngineStep]:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        self.seen.append((request_id, prompt, getattr(params, "max_tokens", 0), priority))
+        try:
+            for i in range(1, self.tokens + 1):
+                await asyncio.sleep(0)
+                yield EngineStep("x", i == self.tokens, "length" if i == self.tokens else None, len(prompt), 0, i)
+        finally:
+            self.running -= 1
+
+
+def test_the_baseline_keeps_every_slot_busy_with_the_workers_bulk_requests() -> None:
+    engine = FakeEngine(tokens=5)
+    result = asyncio.run(saturate(engine, n=20, concurrency=4, max_tokens=5, label="r0"))
+    assert engine.most == 4  # as many at once as it was asked, never more
+    assert [tok for _, tok in result["finishes"]] == [5] * 20 and result["errors"] == []
+    assert sorted(rid for rid, *_ in engine.seen) == sorted(f"r0-{i}" for i in range(20))
+    assert {(max_tokens, prio) for _, _, max_tokens, prio in engine.seen} == {(5, 10)}  # bulk priority
+
+
 def test_steady_rate_needs_a_window() -> None:
     with pytest.raises(ValueError, match="no steady window"):
         ps.steady_rate([(float(i), 1) for i in range(5)], edge=2)
@@ -81,7 +125,8 @@ def test_summary_and_verdict_from_a_saved_run(capsys: pytest.CaptureFixture[str]
         "throughput": [
             {"who": "engine", "round": 0, "errors": 0, "completion_tokens": [64] * 3,
              "rate": {**rate, "tokens": 1000}},
-            {"who": "skinflint", "round": 0, "errors": 0, "completion_tokens": [64] * 3, "rate": rate},
+            {"who": "skinflint", "round": 0, "errors": 0, "completion_tokens": [64] * 3, "rate": rate,
+             "inflight_bulk": [28, 28, 28, 27]},
         ],
         "ttft": [
             {"pair": 0, "kind": ps.IDLE, "inflight_bulk": [0], "calls": [{"ok": True, "ttft_ms": 40.0}] * 20},
@@ -99,3 +144,6 @@ def test_summary_and_verdict_from_a_saved_run(capsys: pytest.CaptureFixture[str]
     assert "MISS (2.50x)" in out and "ok (80.0%)" in out
     # A bulk block whose backlog ran out did not measure chat beside bulk work: that is a miss too.
     assert "the bulk backlog never ran out during bulk blocks: MISS (fewest waiting: 0)" in out
+    # Three of four heartbeats in the throughput run's steady window had every bulk slot taken.
+    assert summary["tp_busy_share"] == 0.75
+    assert "of the steady windows' heartbeats: MISS (75%)" in out
