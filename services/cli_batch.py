@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -90,6 +91,10 @@ def _client(url: str, api_key: str) -> openai.OpenAI:
         import openai  # noqa: F401
     except ImportError:
         fail("the batch commands need the openai package: pip install openai")
+    # A shell command prints its own lines: the HTTP clients' per-request INFO lines are noise,
+    # and would go to whatever handler the process's logging happens to have.
+    for name in ("httpx", "openai"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     return make_client(api_base(url), api_key)
 
 
