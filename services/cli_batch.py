@@ -93,7 +93,7 @@ def _client(url: str, api_key: str) -> openai.OpenAI:
         fail("the batch commands need the openai package: pip install openai")
     # A shell command prints its own lines: the HTTP clients' per-request INFO lines are noise,
     # and would go to whatever handler the process's logging happens to have.
-    for name in ("httpx", "openai"):
+    for name in ("httpx", "httpx2", "openai"):  # httpx2: the openai SDK's own copy of httpx
         logging.getLogger(name).setLevel(logging.WARNING)
     return make_client(api_base(url), api_key)
 
