@@ -25,6 +25,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import IO, Any, cast
 
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
 from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
@@ -41,6 +42,10 @@ log = logging.getLogger(__name__)
 #: Error code nats-server answers a stream create with when the stream exists, configured otherwise.
 _STREAM_NAME_IN_USE = 10058
 _PLAIN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+#: A scan's marker that came before any entry: how long entries on their way behind it may take.
+_EARLY_MARKER_WAIT_S = 0.25
+#: The longest wait for the next entry of a scan.
+_SCAN_TIMEOUT_S = 10.0
 #: Uploads above this spill from memory to a temporary file while they are counted.
 _SPOOL_IN_MEMORY = 8 * 1024 * 1024
 _READ_CHUNK = 256 * 1024
@@ -74,14 +79,31 @@ async def open_kv(js: JetStreamContext, bucket: str, history: int = 1) -> KeyVal
 
 async def scan(kv: KeyValue, pattern: str, *, meta_only: bool = False) -> list[Any]:
     """The live entries (deleted keys left out) whose key matches ``pattern``, in stream order.
-    The filter is the server's (nats-py's ``keys(filters=...)`` matches substrings client-side)."""
+    The filter is the server's (nats-py's ``keys(filters=...)`` matches substrings client-side).
+
+    nats-py's "nothing more" marker (None) can come *before* entries already on their way: it
+    compares the server's pending count with what its callback has handled, and the server counts
+    a message as delivered once sent. So the entries' own pending count (``delta``) decides: read
+    until one has none pending; a marker that comes first waits briefly for entries behind it."""
     watcher = await kv.watch(pattern, ignore_deletes=True, meta_only=meta_only)
-    entries = []
+    entries: list[Any] = []
+    early = False
     try:
-        async for entry in watcher:
-            if entry is None:  # nats-py's marker: everything stored so far was delivered
-                break
+        while True:
+            try:
+                entry = await watcher.updates(timeout=_EARLY_MARKER_WAIT_S if early else _SCAN_TIMEOUT_S)
+            except NatsTimeoutError:
+                if early:
+                    break
+                raise
+            if entry is None:
+                if entries:
+                    break
+                early = True
+                continue
             entries.append(entry)
+            if entry.delta == 0:
+                break
     finally:
         await watcher.stop()
     return entries
