@@ -38,7 +38,7 @@ from contracts.v1 import (
 from services.batch import finalize, intake
 from services.batch.job import BatchJob, BatchStatus, WrongState
 from services.batch.job_store import JobStore
-from services.batch.lines import InputLimits, LineResult
+from services.batch.lines import LineResult
 from services.batch.output import Unrun, from_reply, item_request_id
 from services.batch.settings import BatchSettings
 from services.batch.starter import JobStarter, call, subject_tokens
@@ -80,7 +80,6 @@ class BatchRuntime:
         self.hop = hop
         #: Core publish (live output lines of bus jobs).
         self._publish = publish
-        self.limits = InputLimits(max_bytes=settings.batch_max_file_bytes, max_requests=settings.batch_max_lines)
         self.starter = JobStarter(settings, tenants, js, files, jobs, self.close)
         self._jobs_seen: dict[tuple[str, str], tuple[float, BatchJob]] = {}
         #: Items this replica handed on, waiting for their result: request id -> (reply, created).
@@ -292,7 +291,7 @@ class BatchRuntime:
             return
         items: list[LineResult] = []
         if job.total:
-            items = await intake.read_items(self.files, tenant, job.input_file_id, self.limits)
+            items = await intake.read_items(self.files, tenant, job.input_file_id, self.starter.limits)
         recorded = {index: value async for index, value in self.jobs.items(batch_id)}
         built = finalize.build(batch_id, items, recorded, unrun_as)
         expiry_s = job.output_expires_after_s or self.settings.batch_output_expiry_s
