@@ -27,6 +27,7 @@ import httpx
 import typer
 from rich.console import Console
 
+from services import cli_batch_publish  # noqa: F401  (registers `skinflint batch publish`)
 from services.cache import quality
 from services.cli_batch import batch_app
 
